@@ -1,0 +1,243 @@
+r"""
+The diffusion probabilistic model as a Pyro model/guide pair.
+
+The **model** is the learned reverse chain
+:math:`p(x_T) \prod_{t=1}^{T} p(x_{t-1} \mid x_t)` with :math:`x_0` observed;
+the **guide** is the fixed forward process over the same latent sites,
+factored in the model's order,
+
+.. math::
+
+    q(x_{1:T} \mid x_0) = q(x_T \mid x_0) \prod_{t=2}^{T} q(x_{t-1} \mid x_t, x_0),
+
+which is the same joint distribution as the forward-order product
+:math:`\prod_t q(x_t \mid x_{t-1})`. Because each guide site is conditioned
+on the same parent as its model site, the ELBO of the pair is the bound
+``K`` of [1], Eq. (14), and per-site analytic KL divergences are valid.
+
+Sample sites of :meth:`DiffusionModel.model` and :meth:`DiffusionModel.guide`,
+all inside the plate ``"data"`` over examples:
+
+- ``"x_T"`` for the number ``T``, e.g. ``"x_1000"``: the start of the reverse
+  chain, :math:`\mathcal{N}(0, I)` in the model.
+- ``"x_{t-1}"`` for ``t = T..2``, e.g. ``"x_999"`` down to ``"x_1"``.
+- ``"x_0"``: the data, observed in the model when ``x0`` is given.
+
+Under the handler :class:`~pyro_diffusion.timesteps.subsample_timesteps`
+both programs switch to a one-step form used by
+:class:`~pyro_diffusion.elbo.TimestepELBO`, with sites ``"x_T"``, ``"x_t"``
+(one random step per example), ``"x_prev"`` (its predecessor, weighted by
+the inverse proposal probability), ``"x_1"`` and ``"x_0"``. That form is a
+training program for the bound, not a generative model.
+
+References
+
+[1] J. Sohl-Dickstein et al., "Deep Unsupervised Learning using
+    Nonequilibrium Thermodynamics", 2015.
+"""
+
+import itertools
+
+import torch
+
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+from pyro.nn import PyroModule
+from pyro.poutine.util import is_validation_enabled
+
+from .decoders import GaussianDecoder
+from .timesteps import active_timestep_subsample
+
+__all__ = ["DiffusionModel"]
+
+_names = itertools.count()
+
+
+class DiffusionModel(PyroModule):
+    """
+    A diffusion probabilistic model: the forward process as guide and the
+    reverse kernel as model.
+
+    :param GaussianForward forward_process: the fixed forward process.
+    :param ReverseKernel reverse: the learned reverse kernel.
+    :param decoder: the last reverse step; a
+        :class:`~pyro_diffusion.decoders.GaussianDecoder` if omitted.
+    :param str name: the prefix of this model's parameters in Pyro's param
+        store. Each instance gets a distinct default, so two models in one
+        process never share parameters.
+    """
+
+    def __init__(self, forward_process, reverse, decoder=None, name=None):
+        super().__init__(name if name is not None else f"diffusion_{next(_names)}")
+        self.forward_process = forward_process
+        self.reverse = reverse
+        self.decoder = decoder if decoder is not None else GaussianDecoder()
+        self.event_shape = torch.Size(reverse.event_shape)
+
+    @property
+    def num_steps(self):
+        """The number of diffusion steps ``T``."""
+        return self.forward_process.num_steps
+
+    @property
+    def event_dim(self):
+        return len(self.event_shape)
+
+    def _register(self):
+        pyro.module(self._pyro_name + ".reverse", self.reverse)
+
+    def _check_data(self, x0):
+        if not torch.is_tensor(x0):
+            raise ValueError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+        if x0.dim() != self.event_dim + 1 or x0.shape[1:] != self.event_shape:
+            expected = "[N, " + ", ".join(str(d) for d in self.event_shape) + "]"
+            raise ValueError(
+                f"x0 must have shape {expected} (examples first), got {tuple(x0.shape)}"
+            )
+        if x0.shape[0] == 0:
+            raise ValueError("x0 holds no examples: pass at least one")
+        if is_validation_enabled() and not torch.isfinite(x0).all():
+            raise ValueError("x0 contains NaN or infinite values: remove or impute them")
+
+    def _batch_size(self, x0, num_samples):
+        if x0 is not None:
+            self._check_data(x0)
+            return x0.shape[0]
+        if num_samples is None or int(num_samples) < 1:
+            raise ValueError(
+                f"without data, pass num_samples >= 1 (got {num_samples!r})"
+            )
+        return int(num_samples)
+
+    def _standard_normal(self, batch_size, like=None):
+        shape = (batch_size,) + self.event_shape
+        ref = self.forward_process.schedule.betas
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        zeros = torch.zeros(shape, dtype=dtype, device=ref.device)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
+
+    def model(self, x0=None, num_samples=None):
+        r"""
+        The reverse chain :math:`p(x_{0:T})`, Eq. (5) in [1].
+
+        :param torch.Tensor x0: data of shape ``[N] + event_shape``, observed at
+            site ``"x_0"``; omit it to sample.
+        :param int num_samples: ``N`` when ``x0`` is omitted.
+        :returns: :math:`x_0`, shape ``[N] + event_shape``.
+        """
+        handler = active_timestep_subsample()
+        if handler is not None:
+            return self._timestep_model(x0, handler)
+        batch_size = self._batch_size(x0, num_samples)
+        self._register()
+        T = self.num_steps
+        with pyro.plate("data", batch_size):
+            x = pyro.sample(f"x_{T}", self._standard_normal(batch_size, x0))
+            for t in range(T, 1, -1):
+                step = torch.tensor(t, device=x.device)
+                x = pyro.sample(f"x_{t - 1}", self.reverse.distribution(x, step))
+            return self._decode(x, x0)
+
+    def guide(self, x0=None, num_samples=None):
+        r"""
+        The forward process :math:`q(x_{1:T} \mid x_0)` in the model's order,
+        :math:`q(x_T \mid x_0) \prod_{t=2}^T q(x_{t-1} \mid x_t, x_0)`.
+
+        :param torch.Tensor x0: data of shape ``[N] + event_shape``.
+        """
+        if x0 is None:
+            raise ValueError("the guide is the forward process and needs data x0")
+        handler = active_timestep_subsample()
+        if handler is not None:
+            return self._timestep_guide(x0, handler)
+        self._check_data(x0)
+        forward = self.forward_process
+        T = self.num_steps
+        with pyro.plate("data", x0.shape[0]):
+            x = pyro.sample(f"x_{T}", forward.marginal(x0, T))
+            for t in range(T, 1, -1):
+                x = pyro.sample(f"x_{t - 1}", forward.posterior(x, x0, t))
+
+    def _decode(self, x1, x0):
+        one = torch.tensor(1, device=x1.device)
+        loc, log_variance = self.reverse.loc_log_variance(x1, one)
+        return pyro.sample("x_0", self.decoder.distribution(loc, log_variance, self.event_dim), obs=x0)
+
+    def _timestep_model(self, x0, handler):
+        if x0 is None:
+            raise ValueError("the one-step training program needs data x0")
+        self._check_data(x0)
+        self._register()
+        forward = self.forward_process
+        T = self.num_steps
+        batch_size = x0.shape[0]
+        with pyro.plate("data", batch_size):
+            x_last = pyro.sample(f"x_{T}", self._standard_normal(batch_size, x0))
+            if T == 1:
+                return self._decode(x_last, x0)
+            t, weight = handler.current(batch_size, T, x0.device)
+            # The model's x_t and x_1 carry the forward marginal, the same
+            # distribution as the guide's, so their KL terms are zero and
+            # they only supply the states each term is evaluated at.
+            x_t = pyro.sample("x_t", forward.marginal(x0, t))
+            with poutine.scale(scale=weight):
+                pyro.sample("x_prev", self.reverse.distribution(x_t, t))
+            x_1 = pyro.sample("x_1", forward.marginal(x0, 1))
+            return self._decode(x_1, x0)
+
+    def _timestep_guide(self, x0, handler):
+        self._check_data(x0)
+        forward = self.forward_process
+        T = self.num_steps
+        batch_size = x0.shape[0]
+        with pyro.plate("data", batch_size):
+            pyro.sample(f"x_{T}", forward.marginal(x0, T))
+            if T == 1:
+                return
+            t, weight = handler.draw(batch_size, T, x0.device)
+            x_t = pyro.sample("x_t", forward.marginal(x0, t))
+            with poutine.scale(scale=weight):
+                pyro.sample("x_prev", forward.posterior(x_t, x0, t))
+            pyro.sample("x_1", forward.marginal(x0, 1))
+
+    @torch.no_grad()
+    def sample_steps(self, num_samples, generator=None):
+        r"""
+        Ancestral sampling through the reverse chain, one step at a time,
+        without Pyro's tracing.
+
+        :param int num_samples: ``N``.
+        :param torch.Generator generator: an optional random stream; the same
+            seed gives the same trajectory.
+        :returns: an iterator of ``(t, x_t)`` for ``t = T, ..., 0``, each
+            ``x_t`` of shape ``[N] + event_shape``.
+        """
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+        device = self.forward_process.schedule.betas.device
+        dtype = torch.get_default_dtype()
+        shape = (int(num_samples),) + self.event_shape
+        x = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        yield self.num_steps, x
+        for t in range(self.num_steps, 1, -1):
+            step = torch.tensor(t, device=device)
+            loc, log_variance = self.reverse.loc_log_variance(x, step)
+            noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+            x = loc + (0.5 * log_variance).exp() * noise
+            yield t - 1, x
+        one = torch.tensor(1, device=device)
+        loc, log_variance = self.reverse.loc_log_variance(x, one)
+        yield 0, self.decoder.sample(loc, log_variance, generator)
+
+    def sample(self, num_samples, generator=None):
+        """
+        Draw ``N`` samples of :math:`x_0` by ancestral sampling; see
+        :meth:`sample_steps`.
+
+        :returns: shape ``[N] + event_shape``.
+        """
+        x = None
+        for _, x in self.sample_steps(num_samples, generator):
+            pass
+        return x

@@ -1,0 +1,281 @@
+r"""
+Beta schedules of the Gaussian forward process and the quantities derived
+from them.
+
+Every schedule is a float64 tensor ``betas`` of shape ``[T]`` holding
+:math:`\beta_1, \dots, \beta_T`. :class:`BetaSchedule` stores the derived
+quantities, each computed once in float64 and kept as its own buffer, so
+that casting a module with ``.float()`` or ``.half()`` rounds each stored
+value but never recomputes a difference such as :math:`1 - \bar\alpha_t`
+in low precision, where it would round to zero for small :math:`t`.
+
+References
+
+[1] J. Sohl-Dickstein, E. A. Weiss, N. Maheswaranathan, S. Ganguli,
+    "Deep Unsupervised Learning using Nonequilibrium Thermodynamics", 2015.
+[2] J. Ho, A. Jain, P. Abbeel, "Denoising Diffusion Probabilistic Models",
+    2020.
+[3] A. Nichol, P. Dhariwal, "Improved Denoising Diffusion Probabilistic
+    Models", 2021.
+"""
+
+import enum
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BetaSchedule",
+    "ScheduleKind",
+    "cosine_betas",
+    "linear_betas",
+    "make_betas",
+    "paper_betas",
+    "validate_betas",
+]
+
+
+class ScheduleKind(str, enum.Enum):
+    """Names of the fixed beta schedules."""
+
+    #: :math:`\beta_t = 1 / (T - t + 2)` for :math:`t \ge 2` and a small fixed
+    #: :math:`\beta_1`, the schedule of [1].
+    PAPER = "paper"
+    #: :math:`\beta_t` linear from ``1e-4`` to ``0.02`` at ``T = 1000``, [2].
+    LINEAR = "linear"
+    #: :math:`\bar\alpha_t` following a squared cosine, [3].
+    COSINE = "cosine"
+
+    @classmethod
+    def parse(cls, value):
+        """
+        Convert a string to a :class:`ScheduleKind`.
+
+        :raises ValueError: if ``value`` names no schedule.
+        """
+        if isinstance(value, cls):
+            return value
+        allowed = [kind.value for kind in cls]
+        if value not in allowed:
+            raise ValueError(
+                f"unknown beta schedule {value!r}: use one of {', '.join(allowed)}"
+            )
+        return cls(value)
+
+
+def _check_num_steps(num_steps):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(
+            f"the number of diffusion steps T must be an integer >= 1, got {num_steps!r}"
+        )
+
+
+def paper_betas(num_steps, beta_1=1e-2):
+    r"""
+    The fixed schedule of [1]: each step removes a constant fraction of the
+    remaining signal.
+
+    .. math::
+
+        \beta_t = \frac{1}{T - t + 2}, \quad t = 2, \dots, T,
+
+    so that :math:`\prod_{s=2}^{t} (1 - \beta_s) = (T - t + 1) / T` falls
+    linearly to :math:`1/T`. This is the binomial schedule
+    :math:`1/(T - t + 1)` of [1] shifted by one step, which keeps
+    :math:`\beta_T = 1/2 < 1` and so every Gaussian kernel invertible.
+    :math:`\beta_1` is fixed and small, as in [1], to keep the last reverse
+    step from overfitting.
+
+    :param int num_steps: the number of steps ``T``.
+    :param float beta_1: the first step's variance, in ``(0, 1)``.
+    :returns: ``betas`` of shape ``[T]``, float64.
+    :rtype: torch.Tensor
+    """
+    _check_num_steps(num_steps)
+    t = torch.arange(1, num_steps + 1, dtype=torch.float64)
+    betas = 1.0 / (num_steps - t + 2.0)
+    betas[0] = beta_1
+    return validate_betas(betas)
+
+
+def linear_betas(num_steps, start=1e-4, end=2e-2):
+    r"""
+    The linear schedule of [2], rescaled so that ``T`` steps destroy as much
+    signal as 1000 steps do in [2]:
+
+    .. math::
+
+        \beta_t = \frac{1000}{T}\left(b_0 + (b_1 - b_0)\frac{t - 1}{T - 1}\right).
+
+    :param int num_steps: the number of steps ``T``.
+    :param float start: :math:`b_0`, the value of :math:`\beta_1` at ``T = 1000``.
+    :param float end: :math:`b_1`, the value of :math:`\beta_T` at ``T = 1000``.
+    :returns: ``betas`` of shape ``[T]``, float64.
+    :rtype: torch.Tensor
+    """
+    _check_num_steps(num_steps)
+    factor = 1000.0 / num_steps
+    betas = torch.linspace(start * factor, end * factor, num_steps, dtype=torch.float64)
+    return validate_betas(betas.clamp(max=0.999))
+
+
+def cosine_betas(num_steps, offset=8e-3, max_beta=0.999):
+    r"""
+    The cosine schedule of [3], Eq. (17):
+
+    .. math::
+
+        \bar\alpha_t = \frac{f(t)}{f(0)}, \quad
+        f(t) = \cos^2\left(\frac{t/T + s}{1 + s}\frac{\pi}{2}\right), \quad
+        \beta_t = \min\left(1 - \frac{\bar\alpha_t}{\bar\alpha_{t-1}}, \beta_{max}\right).
+
+    :param int num_steps: the number of steps ``T``.
+    :param float offset: :math:`s`, which keeps :math:`\beta_1` away from zero.
+    :param float max_beta: :math:`\beta_{max}`, which keeps :math:`\beta_T < 1`.
+    :returns: ``betas`` of shape ``[T]``, float64.
+    :rtype: torch.Tensor
+    """
+    _check_num_steps(num_steps)
+    steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((steps + offset) / (1 + offset) * math.pi / 2) ** 2
+    alphas_bar = f / f[0]
+    betas = 1 - alphas_bar[1:] / alphas_bar[:-1]
+    return validate_betas(betas.clamp(min=1e-8, max=max_beta))
+
+
+def make_betas(kind, num_steps, **kwargs):
+    """
+    Build a fixed schedule by name.
+
+    :param kind: ``"paper"``, ``"linear"`` or ``"cosine"``.
+    :type kind: str or ScheduleKind
+    :param int num_steps: the number of steps ``T``.
+    :param kwargs: options of the chosen schedule function.
+    :returns: ``betas`` of shape ``[T]``, float64.
+    :rtype: torch.Tensor
+    """
+    kind = ScheduleKind.parse(kind)
+    builders = {
+        ScheduleKind.PAPER: paper_betas,
+        ScheduleKind.LINEAR: linear_betas,
+        ScheduleKind.COSINE: cosine_betas,
+    }
+    return builders[kind](num_steps, **kwargs)
+
+
+def validate_betas(betas):
+    """
+    Check that ``betas`` is a 1-D tensor of values strictly inside ``(0, 1)``.
+
+    :param torch.Tensor betas: shape ``[T]``.
+    :returns: ``betas`` as float64.
+    :raises ValueError: naming the first offending value.
+    """
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.dim() != 1 or betas.numel() < 1:
+        raise ValueError(
+            f"betas must be a 1-D tensor with at least one step, got shape {tuple(betas.shape)}"
+        )
+    bad = ~((betas > 0) & (betas < 1))
+    if bad.any():
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"beta_{index + 1} = {betas[index].item()!r} is outside (0, 1): "
+            "every step of a Gaussian diffusion needs 0 < beta_t < 1"
+        )
+    return betas
+
+
+class BetaSchedule(nn.Module):
+    r"""
+    A fixed beta schedule and its derived quantities as buffers of shape
+    ``[T + 1]``, indexed by the time step ``t = 0, ..., T``. Index 0 holds the
+    values of the identity step (:math:`\beta_0 = 0`, :math:`\bar\alpha_0 = 1`).
+
+    The buffers, each computed in float64:
+
+    - ``betas``: :math:`\beta_t`.
+    - ``alphas_bar``: :math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`.
+    - ``one_minus_alphas_bar``: :math:`1 - \bar\alpha_t`, from ``expm1``.
+    - ``sqrt_alphas_bar``, ``sqrt_one_minus_alphas_bar``.
+    - ``posterior_variance``: :math:`\tilde\beta_t = \beta_t (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t)`,
+      exactly zero at ``t = 1``.
+    - ``log_posterior_variance_clipped``: :math:`\log\tilde\beta_t`, with
+      :math:`\tilde\beta_2` in place of the zero at ``t = 1``: the lower
+      end of the reverse variance.
+    - ``log_betas`` and ``logit_betas``: :math:`\log\beta_t` and
+      :math:`\log(\beta_t / (1 - \beta_t))`.
+    - ``posterior_coef_x0`` and ``posterior_coef_xt``: the two weights of
+      the posterior mean :math:`\tilde\mu_t(x_t, x_0)`.
+
+    :param torch.Tensor betas: shape ``[T]``, values in ``(0, 1)``.
+    """
+
+    def __init__(self, betas):
+        super().__init__()
+        betas = validate_betas(betas)
+        zero = betas.new_zeros(1)
+        betas = torch.cat([zero, betas])
+        log_alphas = torch.log1p(-betas)
+        log_alphas_bar = torch.cumsum(log_alphas, 0)
+        alphas_bar = log_alphas_bar.exp()
+        one_minus_alphas_bar = -torch.expm1(log_alphas_bar)
+        # Eq. (7) in [2]: the forward posterior q(x_{t-1} | x_t, x_0).
+        previous_one_minus = torch.cat([zero, one_minus_alphas_bar[:-1]])
+        previous_alphas_bar = torch.cat([betas.new_ones(1), alphas_bar[:-1]])
+        safe_denominator = torch.where(
+            one_minus_alphas_bar > 0, one_minus_alphas_bar, torch.ones_like(betas)
+        )
+        posterior_variance = betas * previous_one_minus / safe_denominator
+        posterior_coef_x0 = previous_alphas_bar.sqrt() * betas / safe_denominator
+        posterior_coef_xt = (1 - betas).sqrt() * previous_one_minus / safe_denominator
+
+        # The reverse variance at t = 1 cannot fall to the zero posterior
+        # variance, so its lower bound there is the next step's, as in [3].
+        variance_clipped = posterior_variance.clone()
+        variance_clipped[0] = 1.0
+        variance_clipped[1] = posterior_variance[2] if len(betas) > 2 else betas[1]
+        log_variance_clipped = variance_clipped.log()
+        betas_safe = torch.where(betas > 0, betas, torch.full_like(betas, 0.5))
+
+        self.num_steps = len(betas) - 1
+        self.register_buffer("betas", betas)
+        self.register_buffer("log_betas", betas_safe.log())
+        self.register_buffer("alphas_bar", alphas_bar)
+        self.register_buffer("one_minus_alphas_bar", one_minus_alphas_bar)
+        self.register_buffer("sqrt_alphas", (1 - betas).sqrt())
+        self.register_buffer("sqrt_alphas_bar", alphas_bar.sqrt())
+        self.register_buffer("sqrt_one_minus_alphas_bar", one_minus_alphas_bar.sqrt())
+        self.register_buffer("posterior_variance", posterior_variance)
+        self.register_buffer("log_posterior_variance_clipped", log_variance_clipped)
+        self.register_buffer("logit_betas", torch.log(betas_safe) - torch.log1p(-betas_safe))
+        self.register_buffer("posterior_coef_x0", posterior_coef_x0)
+        self.register_buffer("posterior_coef_xt", posterior_coef_xt)
+
+    @classmethod
+    def from_name(cls, kind, num_steps, **kwargs):
+        """
+        Build a :class:`BetaSchedule` from a schedule name; see :func:`make_betas`.
+        """
+        return cls(make_betas(kind, num_steps, **kwargs))
+
+    def gather(self, name, t, like):
+        """
+        Look up the buffer ``name`` at the time steps ``t``, shaped to
+        broadcast against ``like``.
+
+        :param str name: a buffer name, e.g. ``"alphas_bar"``.
+        :param torch.Tensor t: integer time steps of shape ``batch_shape``.
+        :param torch.Tensor like: a tensor of shape ``batch_shape + event_shape``;
+            the result takes its dtype and has trailing singleton dimensions
+            for the event dimensions.
+        :returns: shape ``batch_shape + (1,) * len(event_shape)``.
+        :rtype: torch.Tensor
+        """
+        values = getattr(self, name)[t]
+        extra = like.dim() - values.dim()
+        return values.to(like.dtype).reshape(values.shape + (1,) * max(extra, 0))
+
+    def extra_repr(self):
+        return f"num_steps={self.num_steps}"
