@@ -17,6 +17,8 @@ References
     2020.
 [3] A. Nichol, P. Dhariwal, "Improved Denoising Diffusion Probabilistic
     Models", 2021.
+[4] D. P. Kingma, T. Salimans, B. Poole, J. Ho, "Variational Diffusion
+    Models", 2021.
 """
 
 import enum
@@ -30,6 +32,7 @@ __all__ = [
     "ScheduleKind",
     "cosine_betas",
     "linear_betas",
+    "log_snr_betas",
     "make_betas",
     "paper_betas",
     "validate_betas",
@@ -46,6 +49,9 @@ class ScheduleKind(str, enum.Enum):
     LINEAR = "linear"
     #: :math:`\bar\alpha_t` following a squared cosine, [3].
     COSINE = "cosine"
+    #: The log signal-to-noise ratio falling linearly from the first step
+    #: to the last, [4]; fine steps at every noise level.
+    LOG_SNR = "log-snr"
 
     @classmethod
     def parse(cls, value):
@@ -144,11 +150,51 @@ def cosine_betas(num_steps, offset=8e-3, max_beta=0.999):
     return validate_betas(betas.clamp(min=1e-8, max=max_beta))
 
 
+def log_snr_betas(num_steps, beta_1=1e-4, final_log_snr=-7.0):
+    r"""
+    A schedule whose log signal-to-noise ratio
+    :math:`\lambda_t = \log(\bar\alpha_t / (1 - \bar\alpha_t))` falls
+    linearly in ``t``, the fixed schedule of [4] in discrete time:
+
+    .. math::
+
+        \lambda_t = \lambda_1 + (\lambda_T - \lambda_1)\frac{t - 1}{T - 1},
+        \quad \lambda_1 = \mathrm{logit}(1 - \beta_1), \quad
+        \bar\alpha_t = \mathrm{sigmoid}(\lambda_t), \quad
+        \beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}.
+
+    Each step shrinks the noise-to-signal ratio by the same factor, so data
+    concentrated near a thin set (a curve, a lattice of integer levels) are
+    resolved gradually down to the scale :math:`\sqrt{\beta_1}`.
+
+    :param int num_steps: the number of steps ``T``.
+    :param float beta_1: the first step's variance, in ``(0, 1)``.
+    :param float final_log_snr: :math:`\lambda_T`, below :math:`\lambda_1`.
+    :returns: ``betas`` of shape ``[T]``, float64.
+    :rtype: torch.Tensor
+    """
+    _check_num_steps(num_steps)
+    if not 0 < beta_1 < 1:
+        raise ValueError(f"beta_1 = {beta_1!r} is outside (0, 1): pick a small value such as 1e-4")
+    first = math.log((1 - beta_1) / beta_1)
+    if not final_log_snr < first:
+        raise ValueError(
+            f"final_log_snr = {final_log_snr} must lie below the first step's log SNR {first:.3f}"
+        )
+    if num_steps == 1:
+        return validate_betas(torch.tensor([beta_1], dtype=torch.float64))
+    log_snr = torch.linspace(first, final_log_snr, num_steps, dtype=torch.float64)
+    log_alphas_bar = torch.nn.functional.logsigmoid(log_snr)
+    previous = torch.cat([log_alphas_bar.new_zeros(1), log_alphas_bar[:-1]])
+    betas = -torch.expm1(log_alphas_bar - previous)
+    return validate_betas(betas)
+
+
 def make_betas(kind, num_steps, **kwargs):
     """
     Build a fixed schedule by name.
 
-    :param kind: ``"paper"``, ``"linear"`` or ``"cosine"``.
+    :param kind: ``"paper"``, ``"linear"``, ``"cosine"`` or ``"log-snr"``.
     :type kind: str or ScheduleKind
     :param int num_steps: the number of steps ``T``.
     :param kwargs: options of the chosen schedule function.
@@ -160,6 +206,7 @@ def make_betas(kind, num_steps, **kwargs):
         ScheduleKind.PAPER: paper_betas,
         ScheduleKind.LINEAR: linear_betas,
         ScheduleKind.COSINE: cosine_betas,
+        ScheduleKind.LOG_SNR: log_snr_betas,
     }
     return builders[kind](num_steps, **kwargs)
 

@@ -35,8 +35,9 @@ class TimeConditioning(str, enum.Enum):
 
 
 class _Block(nn.Module):
-    def __init__(self, hidden_dim, time_dim):
+    def __init__(self, hidden_dim, time_dim, dropout):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.inner = nn.Linear(hidden_dim, hidden_dim)
         self.outer = nn.Linear(hidden_dim, hidden_dim)
@@ -47,7 +48,7 @@ class _Block(nn.Module):
         z = self.inner(self.activation(self.norm(h)))
         if self.time is not None:
             z = z + self.time(time_features)
-        return h + self.outer(self.activation(z))
+        return h + self.outer(self.dropout(self.activation(z)))
 
 
 class MLP(nn.Module):
@@ -62,6 +63,8 @@ class MLP(nn.Module):
     :param time_conditioning: ``"embedding"`` or ``"bumps"``; see
         :class:`TimeConditioning`.
     :param int num_bumps: the number of bump functions for ``"bumps"``.
+    :param float dropout: the dropout probability inside each residual
+        block, active in training mode only.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MLP(nn.Module):
         num_blocks=3,
         time_conditioning="embedding",
         num_bumps=10,
+        dropout=0.0,
     ):
         super().__init__()
         for name, value in [("data_dim", data_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim)]:
@@ -95,7 +99,7 @@ class MLP(nn.Module):
         else:
             self.bumps = GaussianBumps(num_steps, num_bumps)
             readout_dim = out_dim * self.bumps.num_bumps
-        self.blocks = nn.ModuleList(_Block(hidden_dim, time_dim) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(_Block(hidden_dim, time_dim, dropout) for _ in range(num_blocks))
         self.output_norm = nn.LayerNorm(hidden_dim)
         self.output = nn.Linear(hidden_dim, readout_dim)
         # A zero readout starts the reverse kernel at its reference value

@@ -1,0 +1,46 @@
+"""
+pyro_diffusion: diffusion probabilistic models (Sohl-Dickstein et al., 2015)
+as Pyro model/guide pairs.
+"""
+
+from .decoders import BinnedDecoder, GaussianDecoder
+from .dequantize import UniformDequantization
+from .distributions import BinnedNormal
+from .elbo import TimestepELBO
+from .forward import GaussianForward
+from .likelihood import NULL_BITS_PER_DIM, BoundTerms, bound_terms, heldout_bound
+from .model import DiffusionModel
+from .nets import MLP
+from .reverse import EpsilonReverse, PaperReverse, ReverseKernel, ReverseVariance
+from .schedules import BetaSchedule, ScheduleKind, cosine_betas, linear_betas, make_betas, paper_betas
+from .timesteps import ImportanceTimesteps, UniformTimesteps, subsample_timesteps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BetaSchedule",
+    "BinnedDecoder",
+    "BinnedNormal",
+    "BoundTerms",
+    "DiffusionModel",
+    "EpsilonReverse",
+    "GaussianDecoder",
+    "GaussianForward",
+    "ImportanceTimesteps",
+    "MLP",
+    "NULL_BITS_PER_DIM",
+    "PaperReverse",
+    "ReverseKernel",
+    "ReverseVariance",
+    "ScheduleKind",
+    "TimestepELBO",
+    "UniformDequantization",
+    "UniformTimesteps",
+    "bound_terms",
+    "cosine_betas",
+    "heldout_bound",
+    "linear_betas",
+    "make_betas",
+    "paper_betas",
+    "subsample_timesteps",
+]

@@ -1,0 +1,107 @@
+"""
+The SVI fitting loop: minibatches, the one-step estimator of the bound, a
+decaying learning rate, progress and resumable state.
+"""
+
+import logging
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from pyro.infer import SVI
+from pyro.optim import ClippedAdam
+
+from .elbo import TimestepELBO
+from .timesteps import ImportanceTimesteps, UniformTimesteps
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """
+    Fit a :class:`~pyro_diffusion.model.DiffusionModel` by stock
+    :class:`pyro.infer.SVI` with :class:`~pyro_diffusion.elbo.TimestepELBO`.
+
+    :param DiffusionModel diffusion: the model to fit.
+    :param PreparedData prepared: the data, see :mod:`pyro_diffusion.experiment`.
+    :param RunConfig config: a resolved configuration.
+    """
+
+    def __init__(self, diffusion, prepared, config):
+        self.diffusion = diffusion
+        self.prepared = prepared
+        self.config = config
+        if config.timestep_sampling == "importance":
+            self.sampler = ImportanceTimesteps()
+        else:
+            self.sampler = UniformTimesteps()
+        decay = config.final_learning_rate_fraction ** (1.0 / max(config.steps, 1))
+        self.optimizer = ClippedAdam({"lr": config.learning_rate, "lrd": decay, "clip_norm": 10.0})
+        self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, TimestepELBO(sampler=self.sampler))
+        self.step = 0
+        self.seconds = 0.0
+        self.data_generator = torch.Generator().manual_seed(config.seed + 1)
+        torch.manual_seed(config.seed)
+
+    def state_dict(self):
+        """Everything needed to continue training where it stopped."""
+        return {
+            "step": self.step,
+            "seconds": self.seconds,
+            "model": self.diffusion.state_dict(),
+            "optimizer": self.optimizer.get_state(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_rng": self.data_generator.get_state(),
+        }
+
+    def load_state_dict(self, state):
+        self.diffusion.load_state_dict(state["model"])
+        self.optimizer.set_state(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.data_generator.set_state(state["data_rng"])
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+
+    def fit(self, progress=False, on_checkpoint=None, checkpoint_every=1000):
+        """
+        Run SVI steps until ``config.steps`` have been taken.
+
+        :param bool progress: show a tqdm progress bar.
+        :param on_checkpoint: called with no arguments every ``checkpoint_every`` steps.
+        :returns: the training bound of the last steps, in bits per dimension
+            (a running mean over minibatches; higher is better).
+        """
+        train = self.prepared.train
+        batch_size = min(self.config.batch_size, len(train))
+        dim = self.prepared.dim
+        running = None
+        bar = tqdm(
+            total=self.config.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True
+        )
+        started = time.perf_counter()
+        try:
+            while self.step < self.config.steps:
+                index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
+                batch = self.prepared.model_scale(train[index], self.data_generator)
+                loss = self.svi.step(batch)
+                bits = -loss / batch_size / dim / math.log(2)
+                running = bits if running is None else 0.98 * running + 0.02 * bits
+                self.step += 1
+                bar.update(1)
+                if self.step % 50 == 0:
+                    bar.set_postfix_str(f"train bound {running:.3f} bits/dim")
+                if on_checkpoint is not None and self.step % checkpoint_every == 0:
+                    self.seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    on_checkpoint()
+        finally:
+            self.seconds += time.perf_counter() - started
+            bar.close()
+        logger.info("trained %d steps in %.1f s", self.step, self.seconds)
+        return running
