@@ -58,6 +58,10 @@ def _parser():
     train.add_argument("--hidden-dim", type=int, default=None, help="the width of the MLP")
     train.add_argument("--schedule", default=None, help="the beta schedule: paper, linear, cosine or log-snr")
     train.add_argument("--beta-1", type=float, default=None, help="the first step's variance for the paper and log-snr schedules")
+    train.add_argument("--dropout", type=float, default=None, help="the dropout probability in the MLP's blocks")
+    train.add_argument(
+        "--ema-decay", type=float, default=0.999, help="the decay of the weights' moving average; 0 turns it off"
+    )
     train.add_argument("--kernel", default="epsilon", help="the reverse kernel: epsilon or paper")
     train.add_argument("--variance", default="learned", help="the epsilon kernel's variance: small, large or learned")
     train.add_argument(
@@ -94,6 +98,8 @@ def _config_from_args(args):
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         hidden_dim=args.hidden_dim,
+        dropout=args.dropout,
+        ema_decay=args.ema_decay,
         schedule=args.schedule,
         beta_1=args.beta_1,
         kernel=args.kernel,
@@ -121,7 +127,10 @@ def _load_run(run_dir):
     heldout = torch.load(run_dir / HELDOUT, weights_only=True)
     decoder = dequantization.decoder() if dequantization else None
     diffusion = build_model(config, heldout.shape[1], decoder)
-    diffusion.load_state_dict(checkpoint["trainer"]["model"])
+    # Sampling and evaluation use the moving-average weights where training kept them.
+    ema = checkpoint["trainer"].get("ema")
+    diffusion.load_state_dict(ema["shadow"] if ema else checkpoint["trainer"]["model"])
+    diffusion.eval()
     return checkpoint, config, diffusion, dequantization, heldout
 
 
@@ -254,8 +263,9 @@ def _train(args):
         raise
     checkpoint()
 
+    evaluation_model = trainer.evaluation_model()
     metrics = _evaluate(
-        diffusion,
+        evaluation_model,
         config,
         prepared.heldout,
         prepared.dequantization,
@@ -267,7 +277,7 @@ def _train(args):
     )
     metrics["train_seconds"] = trainer.seconds
     write_json(out / "metrics.json", metrics)
-    _save_samples_png(diffusion, prepared.heldout, prepared.dequantization, prepared.image_shape, out / "samples.png", 64, config.seed)
+    _save_samples_png(evaluation_model, prepared.heldout, prepared.dequantization, prepared.image_shape, out / "samples.png", 64, config.seed)
     print(f"run folder: {out}")
     _report(metrics)
     return 0

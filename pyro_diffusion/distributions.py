@@ -111,10 +111,15 @@ class BinnedNormal(dist.TorchDistribution):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        index = self.bin_index(value)
+        # The tails are evaluated in float64: the float32 gradient of
+        # torch.special.log_ndtr is inaccurate below about -100 (seen in
+        # torch 2.14), which a poorly placed loc reaches easily.
+        dtype = torch.promote_types(self.loc.dtype, value.dtype)
+        index = self.bin_index(value.double())
         lower_edge = self.low + index * self.bin_width
-        lower = (lower_edge - self.loc) / self.scale
-        upper = (lower_edge + self.bin_width - self.loc) / self.scale
+        loc, scale = self.loc.double(), self.scale.double()
+        lower = (lower_edge - loc) / scale
+        upper = (lower_edge + self.bin_width - loc) / scale
         first = index == 0
         last = index == self.num_bins - 1
         # The end bins hold the tails: log Phi(b) for the first, log Phi(-a)
@@ -125,9 +130,7 @@ class BinnedNormal(dist.TorchDistribution):
         )
         mass = torch.where(first, torch.special.log_ndtr(upper), interval)
         mass = torch.where(last, torch.special.log_ndtr(-lower), mass)
-        if self.num_bins == 1:
-            mass = torch.zeros_like(mass)
-        return mass - math.log(self.bin_width)
+        return (mass - math.log(self.bin_width)).to(dtype)
 
     def sample(self, sample_shape=torch.Size(), generator=None):
         """

@@ -24,9 +24,9 @@ expectation of a quadratic function of a Gaussian variable, so
 :func:`closed_form_terms` evaluates the bound without sampling.
 
 Per-step coefficients :math:`a_t, b_t, \log c_t` are tensors of shape
-``[T] + s``, where row ``t - 1`` holds step ``t`` and ``s`` broadcasts to
+``[T] + s``, where row ``t - 1`` is step ``t`` and ``s`` broadcasts to
 the data's ``event_shape`` (``[T]`` alone gives one value per step).
-Every function here computes in float64.
+The coefficients are stored, and the closed forms computed, in float64.
 """
 
 import math
@@ -99,7 +99,7 @@ def _check_data(x0):
         shape = tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__
         raise ValueError(f"x0 must be a tensor of shape [N] + event_shape with N >= 1, got {shape}")
     if not torch.isfinite(x0).all():
-        raise ValueError("x0 contains NaN or infinite values")
+        raise ValueError("x0 contains NaN or infinite values: remove or impute them")
 
 
 class LinearGaussianReverse(ReverseKernel):
@@ -114,7 +114,7 @@ class LinearGaussianReverse(ReverseKernel):
 
     where ``t = 1`` gives the Gaussian decoder's mean and variance.
 
-    The buffers ``loc_coef``, ``loc_offset`` and ``log_variance`` hold
+    The buffers ``loc_coef``, ``loc_offset`` and ``log_variance`` contain
     :math:`a_t`, :math:`b_t` and :math:`\log c_t` with shape
     ``[T] + event_shape``, row ``t - 1`` for step ``t``, in the form that
     :func:`closed_form_terms` takes.
@@ -193,9 +193,9 @@ class GaussianDataReverse(LinearGaussianReverse):
     :math:`\bar\alpha_T \to 0`.
 
     Besides the coefficient buffers of :class:`LinearGaussianReverse`, the
-    buffers ``data_mean`` and ``data_variance`` (shape ``event_shape``) hold
+    buffers ``data_mean`` and ``data_variance`` (shape ``event_shape``) contain
     :math:`m, v`, and ``marginal_loc`` and ``marginal_variance`` (shape
-    ``[T + 1] + event_shape``, row ``t``) hold :math:`\mu_t, s_t`.
+    ``[T + 1] + event_shape``, row ``t``) contain :math:`\mu_t, s_t`.
 
     :param GaussianForward forward_process: the forward process.
     :param mean: :math:`m`, a number or a tensor broadcastable to ``event_shape``.
@@ -396,7 +396,7 @@ def closed_form_terms(forward_process, loc_coef, loc_offset, log_variance, x0):
 def closed_form_bound(forward_process, loc_coef, loc_offset, log_variance, x0):
     r"""
     Compute the bound :math:`\mathcal{L}(x_0) = -L_T - \sum_{t=2}^T L_{t-1} - L_0`
-    of each example in closed form; see :func:`closed_form_terms` for the
+    of each example in closed form. :func:`closed_form_terms` describes the
     terms and the shapes of the arguments. For a :class:`LinearGaussianReverse`
     ``kernel``, call it as::
 

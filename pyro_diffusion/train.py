@@ -14,6 +14,7 @@ from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
 from .elbo import TimestepELBO
+from .ema import ExponentialMovingAverage
 from .timesteps import ImportanceTimesteps, UniformTimesteps
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Trainer:
         decay = config.final_learning_rate_fraction ** (1.0 / max(config.steps, 1))
         self.optimizer = ClippedAdam({"lr": config.learning_rate, "lrd": decay, "clip_norm": 10.0})
         self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, TimestepELBO(sampler=self.sampler))
+        self.ema = ExponentialMovingAverage(diffusion, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
         self.seconds = 0.0
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -55,6 +57,7 @@ class Trainer:
             "model": self.diffusion.state_dict(),
             "optimizer": self.optimizer.get_state(),
             "sampler": self.sampler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": torch.get_rng_state(),
             "data_rng": self.data_generator.get_state(),
         }
@@ -63,6 +66,8 @@ class Trainer:
         self.diffusion.load_state_dict(state["model"])
         self.optimizer.set_state(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.data_generator.set_state(state["data_rng"])
         self.step = int(state["step"])
@@ -77,6 +82,7 @@ class Trainer:
         :returns: the training bound of the last steps, in bits per dimension
             (a running mean over minibatches; higher is better).
         """
+        self.diffusion.train()
         train = self.prepared.train
         batch_size = min(self.config.batch_size, len(train))
         dim = self.prepared.dim
@@ -90,6 +96,8 @@ class Trainer:
                 index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
                 batch = self.prepared.model_scale(train[index], self.data_generator)
                 loss = self.svi.step(batch)
+                if self.ema is not None:
+                    self.ema.update(self.diffusion)
                 bits = -loss / batch_size / dim / math.log(2)
                 running = bits if running is None else 0.98 * running + 0.02 * bits
                 self.step += 1
@@ -103,5 +111,15 @@ class Trainer:
         finally:
             self.seconds += time.perf_counter() - started
             bar.close()
+            self.diffusion.eval()
         logger.info("trained %d steps in %.1f s", self.step, self.seconds)
         return running
+
+    def evaluation_model(self):
+        """
+        :returns: the model to sample and evaluate with, in eval mode: a copy
+            holding the moving-average weights when EMA is on, else the
+            trained model itself.
+        """
+        model = self.ema.averaged(self.diffusion) if self.ema is not None else self.diffusion
+        return model.eval()

@@ -141,12 +141,12 @@ def test_posterior_matches_bayes_on_grid(case, x0, noise):
     x0 = torch.tensor([[x0]], dtype=torch.float64)
     x_t = forward.q_sample(x0, t, torch.tensor([[noise]], dtype=torch.float64))
 
-    # q(x_{t-1} | x0) is the prior of Bayes' rule; the grid spans 12 of its
-    # standard deviations around its mean.
+    # q(x_{t-1} | x0) is the prior of Bayes' rule. The grid spans 12 of its
+    # standard deviations on each side of its mean.
     prior_mean = float(schedule.sqrt_alphas_bar[t - 1] * x0)
     prior_variance = schedule.one_minus_alphas_bar[t - 1]
     half_width = 12 * float(prior_variance.sqrt())
-    grid = torch.linspace(prior_mean - half_width, prior_mean + half_width, 400001, dtype=torch.float64)
+    grid = torch.linspace(prior_mean - half_width, prior_mean + half_width, 100001, dtype=torch.float64)
     log_prior = _log_normal(grid, prior_mean, prior_variance)
     log_likelihood = _log_normal(x_t[0, 0], schedule.sqrt_alphas[t] * grid, schedule.betas[t])
     weights = torch.softmax(log_prior + log_likelihood, 0)

@@ -93,10 +93,20 @@ def test_alphas_bar_is_cumulative_product(kind):
     )
 
 
-def test_paper_schedule_leaves_one_over_t_signal():
+def test_paper_alpha_bar_at_last_step():
     num_steps = 20
     schedule = BetaSchedule.from_name("paper", num_steps, beta_1=1e-2)
 
     # prod_{s=2}^{T} (1 - beta_s) = 1 / T, so alpha_bar_T = (1 - beta_1) / T.
     expected = (1 - 1e-2) / num_steps
     assert schedule.alphas_bar[num_steps].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_tiny_beta_noise_variance_exact():
+    schedule = BetaSchedule(torch.tensor([1e-12, 1e-10, 0.5], dtype=torch.float64))
+
+    # 1 - alpha_bar_t computed as a difference would keep only about four
+    # significant digits here, because alpha_bar_t rounds to within 1e-16 of one.
+    assert schedule.one_minus_alphas_bar[1].item() == pytest.approx(1e-12, rel=1e-12, abs=0.0)
+    assert schedule.one_minus_alphas_bar[2].item() == pytest.approx(1e-12 + 1e-10, rel=1e-12, abs=0.0)
+    assert schedule.posterior_variance[2].item() == pytest.approx(1e-10 * 1e-12 / (1e-12 + 1e-10), rel=1e-9, abs=0.0)
