@@ -10,7 +10,7 @@ variance reduction one second of compute buys. It does so for an untrained
 network and after training, because per-step analytic KL lowers the
 variance only once the reverse kernel is close to the forward posterior.
 
-Usage: python benchmarks/gradient_variance.py [--draws 200]
+Usage: python benchmarks/gradient_variance.py [--draws 100] [--timesteps 40 400]
 The results replace their section of docs/benchmarks.md.
 """
 
@@ -64,58 +64,59 @@ def measure(diffusion, x0, draws, label):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--train-steps", type=int, default=2000)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[40, 400])
     args = parser.parse_args()
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)
 
-    config = RunConfig(dataset="swiss-roll").resolved()
-    diffusion = build_model(config, 2)
     data = sample_swiss_roll(10000, generator=torch.Generator().manual_seed(0))
     x0 = data[:64]
-
-    all_rows = []
-    differences = []
-    rows, difference = measure(diffusion, x0, args.draws, "untrained")
-    all_rows += rows
-    differences.append(("untrained", difference))
-
-    svi = SVI(diffusion.model, diffusion.guide, ClippedAdam({"lr": 2e-3}), TimestepELBO())
-    for _ in range(args.train_steps):
-        svi.step(data[torch.randint(0, len(data), (128,))])
-    rows, difference = measure(diffusion, x0, args.draws, f"after {args.train_steps} steps")
-    all_rows += rows
-    differences.append((f"after {args.train_steps} steps", difference))
-
     lines = [
         "Command: `python benchmarks/gradient_variance.py "
-        f"--draws {args.draws} --train-steps {args.train_steps}` (one CPU thread).",
+        f"--draws {args.draws} --train-steps {args.train_steps} --timesteps "
+        f"{' '.join(str(t) for t in args.timesteps)}` (one CPU thread).",
         "",
-        f"Swiss roll, T = {config.timesteps} ({config.schedule} schedule), MLP width {config.hidden_dim}, "
+        "Swiss roll, the log-SNR schedule, MLP width 128, uniform time steps for TimestepELBO, "
         f"a fixed minibatch of {len(x0)} examples, {args.draws} gradient draws per row. "
         "Total variance is the sum over all network parameters of the per-coordinate gradient variance; "
         "efficiency is 1 / (variance x seconds per gradient), higher is better.",
         "",
-        "| network | estimator | total gradient variance | seconds per gradient | efficiency |",
-        "|---|---|---|---|---|",
+        "| T | network | estimator | total gradient variance | seconds per gradient | efficiency |",
+        "|---|---|---|---|---|---|",
     ]
-    for label, name, variance, seconds, efficiency in all_rows:
-        lines.append(f"| {label} | {name} | {variance:.4g} | {seconds * 1e3:.2f} ms | {efficiency:.4g} |")
-    lines.append("")
-    for label, difference in differences:
-        lines.append(
-            f"Relative distance between the two mean gradients ({label}): {difference:.3f} "
-            "(both estimate the same gradient; the distance shrinks with more draws)."
-        )
+    notes = []
     ratios = []
-    for i in range(0, len(all_rows), 2):
-        ratios.append((all_rows[i][0], all_rows[i + 1][4] / all_rows[i][4]))
+    for num_steps in args.timesteps:
+        pyro.clear_param_store()
+        config = RunConfig(dataset="swiss-roll", timesteps=num_steps).resolved()
+        diffusion = build_model(config, 2)
+        rows, difference = measure(diffusion, x0, args.draws, "untrained")
+        notes.append((num_steps, "untrained", difference))
+        svi = SVI(diffusion.model, diffusion.guide, ClippedAdam({"lr": 2e-3}), TimestepELBO())
+        for _ in range(args.train_steps):
+            svi.step(data[torch.randint(0, len(data), (128,))])
+        trained_rows, difference = measure(diffusion, x0, args.draws, f"after {args.train_steps} steps")
+        notes.append((num_steps, f"after {args.train_steps} steps", difference))
+        rows += trained_rows
+        for label, name, variance, seconds, efficiency in rows:
+            lines.append(
+                f"| {num_steps} | {label} | {name} | {variance:.4g} | {seconds * 1e3:.2f} ms | {efficiency:.4g} |"
+            )
+        for i in range(0, len(rows), 2):
+            ratios.append((num_steps, rows[i][0], rows[i + 1][4] / rows[i][4]))
     lines.append("")
-    for label, ratio in ratios:
-        lines.append(f"Efficiency of TimestepELBO relative to Trace_ELBO ({label}): {ratio:.2f}x.")
+    for num_steps, label, difference in notes:
+        lines.append(
+            f"Relative distance between the two mean gradients (T = {num_steps}, {label}): {difference:.3f} "
+            "(both estimate the same gradient, so it shrinks as the draws grow)."
+        )
+    lines.append("")
+    for num_steps, label, ratio in ratios:
+        lines.append(f"Efficiency of TimestepELBO relative to Trace_ELBO (T = {num_steps}, {label}): {ratio:.2f}x.")
     write_section("Gradient variance per second: TimestepELBO against Trace_ELBO", "\n".join(lines))
     print("\n".join(lines))
-    print(f"efficiency ratio TimestepELBO / Trace_ELBO after training: {ratios[-1][1]:.2f}")
+    print(f"efficiency ratio TimestepELBO / Trace_ELBO at T = {ratios[-1][0]} after training: {ratios[-1][2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def _train(args):
         if not checkpoint_path.is_file():
             raise UsageError(f"--resume: {checkpoint_path} not found; train without --resume first")
     elif out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} already holds files: pass --resume to continue it or choose another --out")
+        raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
 
     decoder = prepared.dequantization.decoder() if prepared.dequantization else None
     diffusion = build_model(config, prepared.dim, decoder)

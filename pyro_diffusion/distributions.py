@@ -104,7 +104,7 @@ class BinnedNormal(dist.TorchDistribution):
         return new
 
     def bin_index(self, value):
-        """The bin ``k`` of each value, clamped to ``0..num_bins - 1``."""
+        """Return the bin ``k`` of each value, clamped to ``0..num_bins - 1``."""
         index = torch.floor((value - self.low) / self.bin_width)
         return index.clamp(0, self.num_bins - 1)
 

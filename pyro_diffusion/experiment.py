@@ -1,7 +1,7 @@
 """
 Data preparation, model construction and run folders for the command line.
 
-A run folder holds ``checkpoint.pt`` (model, optimizer and random state),
+A run folder contains ``checkpoint.pt`` (model, optimizer and random state),
 ``heldout.pt`` (the held-out split as the model sees it, before
 dequantization), ``config.json``, ``metrics.json`` and ``samples.png``.
 """
@@ -210,7 +210,7 @@ def prepare_data(config):
     array = array.reshape(len(array), -1)
     if len(array) < 2:
         raise ValueError(
-            f"{config.data} holds {len(array)} example(s): at least 2 are needed to hold one out"
+            f"{config.data} contains {len(array)} example(s): at least 2 are needed, one of them held out"
         )
     generator = torch.Generator().manual_seed(config.seed)
     permutation = torch.randperm(len(array), generator=generator)
@@ -276,7 +276,7 @@ def save_atomic(obj, path):
 
 
 def baseline_bits_per_dim(prepared):
-    """The per-pixel categorical baseline on the same split, for integer data."""
+    """Compute the per-pixel categorical baseline on the same split, for integer data."""
     if prepared.dequantization is None:
         return None
     return categorical_baseline_bits_per_dim(

@@ -96,7 +96,7 @@ class DiffusionModel(PyroModule):
                 f"x0 must have shape {expected} (examples first), got {tuple(x0.shape)}"
             )
         if x0.shape[0] == 0:
-            raise ValueError("x0 holds no examples: pass at least one")
+            raise ValueError("x0 is empty (0 examples): pass at least one example")
         if is_validation_enabled() and not torch.isfinite(x0).all():
             raise ValueError("x0 contains NaN or infinite values: remove or impute them")
 

@@ -1,0 +1,160 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_diffusion.cli import main
+
+FAST = ["--steps", "20", "--timesteps", "6", "--hidden-dim", "16", "--no-progress"]
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_train_swiss_roll_writes_run(tmp_path):
+    out = tmp_path / "run"
+    status = run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST)
+
+    assert status == 0
+    for name in ["checkpoint.pt", "metrics.json", "samples.png", "heldout.pt", "config.json"]:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in [
+        "dataset",
+        "timesteps",
+        "steps",
+        "heldout_elbo_bits",
+        "heldout_elbo_bits_per_dim",
+        "heldout_k_minus_l_null_bits",
+        "true_log_likelihood_bits",
+    ]:
+        assert key in metrics, key
+    assert metrics["timesteps"] == 6
+    assert metrics["steps"] == 20
+    assert metrics["heldout_elbo_bits"] <= metrics["true_log_likelihood_bits"] + 0.5
+    assert metrics["heldout_k_minus_l_null_bits"] == pytest.approx(
+        metrics["heldout_elbo_bits"] + 2 * 0.5 * np.log2(2 * np.pi * np.e)
+    )
+
+
+def test_train_digits_reports_baseline(tmp_path, capsys):
+    out = tmp_path / "digits"
+    status = run_cli("train", "--out", out, *FAST)
+
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "digits"
+    assert metrics["dimension"] == 64
+    assert "heldout_nll_bits_per_dim" in metrics
+    assert metrics["baseline_nll_bits_per_dim"] == pytest.approx(2.42, abs=0.02)
+    printed = capsys.readouterr().out
+    assert "bits per dimension" in printed
+    assert "categorical baseline" in printed
+
+
+def test_sample_and_evaluate_fresh_process(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    before = json.loads((out / "metrics.json").read_text())
+
+    for command in (["evaluate", str(out)], ["sample", str(out), "--num-samples", "10"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pyro_diffusion.cli", *command], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["heldout_elbo_bits"] == pytest.approx(before["heldout_elbo_bits"], rel=1e-5)
+    samples = torch.load(out / "samples.pt")
+    assert samples.shape == (10, 2)
+
+
+def test_train_user_array(tmp_path):
+    path = tmp_path / "data.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", path, "--out", out, *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "array"
+    assert metrics["dimension"] == 3
+
+
+def test_resume_continues_steps(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    args = [a if a != "20" else "30" for a in FAST]
+
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--resume", *args) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 30
+
+
+def _nan_file(tmp_path):
+    path = tmp_path / "nan.npy"
+    values = np.zeros((10, 2), dtype=np.float32)
+    values[3, 1] = np.nan
+    np.save(path, values)
+    return ["--data", path]
+
+
+def _empty_file(tmp_path):
+    path = tmp_path / "empty.npy"
+    np.save(path, np.zeros((0, 2), dtype=np.float32))
+    return ["--data", path]
+
+
+def _flat_file(tmp_path):
+    path = tmp_path / "flat.npy"
+    np.save(path, np.zeros(10, dtype=np.float32))
+    return ["--data", path]
+
+
+BAD_INPUTS = {
+    "nan values": (_nan_file, "NaN"),
+    "empty data": (_empty_file, "zero examples"),
+    "one dimension": (_flat_file, "shape"),
+    "missing file": (lambda p: ["--data", p / "missing.npy"], "missing.npy"),
+    "unknown dataset": (lambda p: ["--dataset", "mnist-xl"], "mnist-xl"),
+    "zero timesteps": (lambda p: ["--timesteps", "0"], "timesteps"),
+    "beta outside unit interval": (lambda p: ["--beta-1", "1.5"], "1.5"),
+    "unknown schedule": (lambda p: ["--schedule", "quadratic"], "quadratic"),
+    "unknown variance": (lambda p: ["--variance", "medium"], "medium"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_without_folder(tmp_path, capsys, case):
+    make_args, expected = BAD_INPUTS[case]
+    out = tmp_path / "run"
+    args = [str(a) for a in make_args(tmp_path)]
+    if "--timesteps" in args:
+        fast = [a for a in FAST if a not in ("--timesteps", "6")]
+    else:
+        fast = FAST
+
+    status = run_cli("train", "--out", out, *args, *fast)
+
+    assert status == 2
+    message = capsys.readouterr().err
+    assert expected.lower() in message.lower()
+    assert len(message.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_existing_run_folder_rejected(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "note.txt").write_text("keep me")
+
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "note.txt").read_text() == "keep me"
+
+
+def test_evaluate_missing_run(tmp_path, capsys):
+    assert run_cli("evaluate", tmp_path / "nowhere") == 2
+    assert "not found" in capsys.readouterr().err
