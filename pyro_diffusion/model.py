@@ -37,6 +37,7 @@ References
 """
 
 import itertools
+import logging
 
 import torch
 
@@ -44,12 +45,15 @@ import pyro
 import pyro.distributions as dist
 from pyro import poutine
 from pyro.nn import PyroModule
+from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import is_validation_enabled
 
 from .decoders import GaussianDecoder
 from .timesteps import active_timestep_subsample
 
 __all__ = ["DiffusionModel"]
+
+logger = logging.getLogger(__name__)
 
 _names = itertools.count()
 
@@ -85,7 +89,17 @@ class DiffusionModel(PyroModule):
         return len(self.event_shape)
 
     def _register(self):
-        pyro.module(self._pyro_name + ".reverse", self.reverse)
+        # The network's own tensors are the parameters. A tensor left in the
+        # global param store under the same name by an earlier model would
+        # otherwise be optimized in their place while this network never trains.
+        prefix = self._pyro_name + ".reverse"
+        store = pyro.get_param_store()
+        for name, parameter in self.reverse.named_parameters():
+            full_name = param_with_module_name(prefix, name)
+            if full_name in store and store.get_param(full_name) is not parameter:
+                logger.debug("replacing stale param store entry %s", full_name)
+                del store[full_name]
+        pyro.module(prefix, self.reverse)
 
     def _check_data(self, x0):
         if not torch.is_tensor(x0):

@@ -321,3 +321,26 @@ def test_model_without_count_raises(num_samples):
 
     with pytest.raises(ValueError, match="num_samples"):
         model.model(num_samples=num_samples)
+
+
+def test_same_name_second_model_trains():
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    from pyro_diffusion import MLP, BetaSchedule, DiffusionModel, EpsilonReverse, GaussianForward, TimestepELBO
+
+    def build(width):
+        forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
+        net = MLP(2, 4, 5, hidden_dim=width, num_blocks=1)
+        return DiffusionModel(forward, EpsilonReverse(forward, net, (2,)), name="shared")
+
+    x0 = torch.randn(16, 2)
+    first = build(8)
+    SVI(first.model, first.guide, Adam({"lr": 1e-2}), TimestepELBO()).step(x0)
+    second = build(8)
+    before = second.reverse.net.output.bias.detach().clone()
+
+    SVI(second.model, second.guide, Adam({"lr": 1e-2}), TimestepELBO()).step(x0)
+
+    assert not torch.equal(before, second.reverse.net.output.bias)
+    assert not torch.equal(first.reverse.net.output.bias, second.reverse.net.output.bias)
