@@ -247,7 +247,7 @@ def _x0_cases():
         "extra_dim": (torch.randn(4, DATA_DIM, 1), r"must have shape \[N, 2\]"),
         "wrong_width": (torch.randn(4, DATA_DIM + 1), r"must have shape \[N, 2\]"),
         "scalar": (torch.tensor(1.0), r"must have shape \[N, 2\]"),
-        "empty": (torch.zeros(0, DATA_DIM), "no examples"),
+        "empty": (torch.zeros(0, DATA_DIM), "0 examples"),
         "list": ([[0.0, 1.0]], "must be a torch.Tensor"),
     }
 
@@ -324,11 +324,6 @@ def test_model_without_count_raises(num_samples):
 
 
 def test_same_name_second_model_trains():
-    from pyro.infer import SVI
-    from pyro.optim import Adam
-
-    from pyro_diffusion import MLP, BetaSchedule, DiffusionModel, EpsilonReverse, GaussianForward, TimestepELBO
-
     def build(width):
         forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
         net = MLP(2, 4, 5, hidden_dim=width, num_blocks=1)
