@@ -7,7 +7,6 @@ and exit with status 2.
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .dequantize import UniformDequantization
+from .data import swiss_roll_log_prob
 from .experiment import (
     Dataset,
+    PreparedData,
     RunConfig,
     baseline_bits_per_dim,
     build_model,
@@ -63,11 +63,11 @@ def _parser():
         "--ema-decay", type=float, default=0.999, help="the decay of the weights' moving average; 0 turns it off"
     )
     train.add_argument("--kernel", default="epsilon", help="the reverse kernel: epsilon or paper")
-    train.add_argument("--variance", default="learned", help="the epsilon kernel's variance: small, large or learned")
+    train.add_argument("--variance", default=None, help="the epsilon kernel's variance: small, large or learned (default learned)")
     train.add_argument(
         "--timestep-sampling", default="importance", help="how training draws t: importance or uniform"
     )
-    train.add_argument("--noise", type=float, default=0.05, help="the Swiss roll's noise, in the curve's raw units")
+    train.add_argument("--noise", type=float, default=None, help="the Swiss roll's noise standard deviation, in the curve's raw units (default 0.05)")
     train.add_argument("--seed", type=int, default=0, help="the seed of the split, the weights and the training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -115,12 +115,36 @@ def _config_from_args(args):
         schedule=args.schedule,
         beta_1=args.beta_1,
         kernel=args.kernel,
-        variance=args.variance,
+        variance=args.variance if args.variance is not None else "learned",
         timestep_sampling=args.timestep_sampling,
-        noise=args.noise,
+        noise=args.noise if args.noise is not None else 0.05,
         seed=args.seed,
     )
-    return config.resolved()
+    config = config.resolved()
+    if args.beta_1 is not None and config.schedule not in ("paper", "log-snr"):
+        raise UsageError(
+            f"--beta-1 applies to the paper and log-snr schedules, not --schedule {config.schedule}: drop it"
+        )
+    if args.variance is not None and config.kernel == "paper":
+        raise UsageError("--variance applies to --kernel epsilon; the paper kernel learns its own variance: drop it")
+    if args.noise is not None and config.dataset != Dataset.SWISS_ROLL.value:
+        raise UsageError(f"--noise applies to --dataset swiss-roll, not {config.dataset}: drop it")
+    return config
+
+
+def _read_checkpoint(path):
+    """Load a checkpoint as plain tensors and containers; pickled code is rejected."""
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        RunConfig(**checkpoint["config"])
+        checkpoint["trainer"]["model"]
+    except Exception as error:  # a truncated, foreign or tampered file
+        reason = " ".join(str(error).split())[:200]
+        raise UsageError(
+            f"{path} is not a readable pyro-diffusion checkpoint ({type(error).__name__}: {reason}); "
+            "train again or restore the file"
+        ) from error
+    return checkpoint
 
 
 def _load_run(run_dir):
@@ -128,25 +152,29 @@ def _load_run(run_dir):
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise UsageError(f"{path} not found: pass a run folder written by 'pyro-diffusion train'")
+    checkpoint = _read_checkpoint(path)
+    config = RunConfig(**checkpoint["config"])
+    heldout_path = run_dir / HELDOUT
     try:
-        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-        config = RunConfig(**checkpoint["config"])
-    except Exception as error:  # a truncated or foreign file
-        raise UsageError(f"{path} is not a readable pyro-diffusion checkpoint ({error})") from error
-    dequantization = None
-    if checkpoint.get("dequantization"):
-        dequantization = UniformDequantization.from_state_dict(checkpoint["dequantization"])
-    heldout = torch.load(run_dir / HELDOUT, weights_only=True)
-    decoder = dequantization.decoder() if dequantization else None
-    diffusion = build_model(config, heldout.shape[1], decoder)
-    # Sampling and evaluation use the moving-average weights where training kept them.
-    ema = checkpoint["trainer"].get("ema")
-    diffusion.load_state_dict(ema["shadow"] if ema else checkpoint["trainer"]["model"])
+        heldout = torch.load(heldout_path, weights_only=True)
+        data = PreparedData.from_state_dict(checkpoint["data"], heldout)
+        decoder = data.dequantization.decoder() if data.dequantization else None
+        diffusion = build_model(config, heldout.shape[1], decoder)
+        # Sampling and evaluation use the moving-average weights where training kept them.
+        ema = checkpoint["trainer"].get("ema")
+        diffusion.load_state_dict(ema["shadow"] if ema else checkpoint["trainer"]["model"])
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200]
+        raise UsageError(
+            f"{run_dir} is not a complete run folder ({type(error).__name__}: {reason}); "
+            "train again with 'pyro-diffusion train'"
+        ) from error
     diffusion.eval()
-    return checkpoint, config, diffusion, dequantization, heldout
+    return checkpoint, config, diffusion, data
 
 
-def _evaluate(diffusion, config, heldout, dequantization, image_shape, log_density, baseline, steps, seed):
+def _evaluate(diffusion, config, data, baseline, steps, seed):
+    heldout, dequantization, log_density = data.heldout, data.dequantization, data.log_density
     generator = torch.Generator().manual_seed(seed)
     x = dequantization(heldout, generator) if dequantization else heldout
     result = heldout_bound(diffusion, x, generator=generator)
@@ -168,6 +196,11 @@ def _evaluate(diffusion, config, heldout, dequantization, image_shape, log_densi
             "per example on the model's scale (data divided by one constant to variance 1), in bits"
         ),
     }
+    if data.center is not None:
+        metrics["data_scale"] = {
+            "scale": data.scale,
+            "note": "the model's scale is (data - per-feature training mean) / scale",
+        }
     if log_density is not None:
         truth = nats_to_bits(log_density(x))
         metrics["true_log_likelihood_bits"] = float(truth.mean())
@@ -184,7 +217,7 @@ def _report(metrics):
     d = metrics["dimension"]
     print(
         f"held-out bound (trace ELBO): {metrics['heldout_elbo_bits']:.3f} "
-        f"+- {metrics['heldout_elbo_bits_stderr']:.3f} bits per example, "
+        f"+- {metrics['heldout_elbo_bits_stderr']:.3f} (standard error) bits per example, "
         f"{metrics['heldout_elbo_bits_per_dim']:.4f} bits per dimension (D = {d}), higher is better"
     )
     print(f"K - L_null: {metrics['heldout_k_minus_l_null_bits']:.3f} bits per example")
@@ -205,58 +238,77 @@ def _report(metrics):
         )
 
 
-def _save_samples_png(diffusion, heldout, dequantization, image_shape, path, num_samples, seed):
+def _save_samples(diffusion, data, png_path, num_samples, seed):
+    """
+    Draw samples and save them in the data's units and shape, with a PNG
+    beside held-out data where the data are images or 2-D points.
+
+    :returns: ``(samples, wrote_png)``.
+    """
     generator = torch.Generator().manual_seed(seed)
-    samples = diffusion.sample(num_samples, generator=generator)
-    if dequantization is not None:
-        samples = dequantization.to_levels(samples)
-    if image_shape is not None:
-        levels = dequantization.num_levels if dequantization else None
-        save_image_comparison(
-            samples.reshape((-1,) + tuple(image_shape)),
-            heldout[:num_samples].reshape((-1,) + tuple(image_shape)),
-            path,
-            num_levels=levels,
+    samples = data.to_data_units(diffusion.sample(num_samples, generator=generator))
+    heldout = data.to_data_units(data.heldout)
+    if data.image_shape is not None:
+        levels = data.dequantization.num_levels if data.dequantization else None
+        save_image_comparison(samples, heldout, png_path, num_levels=levels)
+        return samples, True
+    if samples.dim() == 2 and samples.shape[1] == 2:
+        save_scatter_comparison(samples, heldout, png_path)
+        return samples, True
+    return samples, False
+
+
+def _check_resume(saved_config, config, saved_step, out):
+    differences = [
+        f"{field.name} (saved {getattr(saved_config, field.name)!r}, given {getattr(config, field.name)!r})"
+        for field in dataclasses.fields(RunConfig)
+        if field.name != "steps" and getattr(saved_config, field.name) != getattr(config, field.name)
+    ]
+    if differences:
+        raise UsageError(
+            f"--resume: options differ from those saved in {out}: {'; '.join(differences)}. "
+            "Pass the saved values; only --steps may change"
         )
-    elif samples.shape[1] == 2:
-        save_scatter_comparison(samples, heldout, path)
-    return samples
+    if config.steps < saved_step:
+        raise UsageError(
+            f"--resume: --steps {config.steps} is below the {saved_step} steps already taken; "
+            f"pass --steps above {saved_step}"
+        )
 
 
 def _train(args):
     config = _config_from_args(args)
-    prepared = prepare_data(config)
     out = Path(args.out) if args.out else Path("runs") / config.dataset
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file: choose a folder path")
     checkpoint_path = out / CHECKPOINT
+    saved = None
     if args.resume:
         if not checkpoint_path.is_file():
             raise UsageError(f"--resume: {checkpoint_path} not found; train without --resume first")
+        saved = _read_checkpoint(checkpoint_path)
+        _check_resume(RunConfig(**saved["config"]), config, int(saved["trainer"]["step"]), out)
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
+    prepared = prepare_data(config)
 
+    # The seed fixes the initial weights as well as the training draws.
+    torch.manual_seed(config.seed)
     decoder = prepared.dequantization.decoder() if prepared.dequantization else None
     diffusion = build_model(config, prepared.dim, decoder)
     trainer = Trainer(diffusion, prepared, config)
-    if args.resume:
-        saved = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
-        saved_config = RunConfig(**saved["config"])
-        if dataclasses.replace(saved_config, steps=config.steps) != config:
-            raise UsageError(
-                f"--resume: the options differ from those saved in {out}; only --steps may change"
-            )
+    if saved is not None:
         trainer.load_state_dict(saved["trainer"])
 
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the run folder {out} ({error.strerror}): choose another --out") from error
 
     def checkpoint():
         save_atomic(
-            {
-                "config": dataclasses.asdict(config),
-                "trainer": trainer.state_dict(),
-                "dequantization": prepared.dequantization.state_dict() if prepared.dequantization else None,
-                "image_shape": prepared.image_shape,
-            },
+            {"config": dataclasses.asdict(config), "trainer": trainer.state_dict(), "data": prepared.state_dict()},
             checkpoint_path,
         )
 
@@ -276,63 +328,54 @@ def _train(args):
     checkpoint()
 
     evaluation_model = trainer.evaluation_model()
-    metrics = _evaluate(
-        evaluation_model,
-        config,
-        prepared.heldout,
-        prepared.dequantization,
-        prepared.image_shape,
-        prepared.log_density,
-        baseline_bits_per_dim(prepared),
-        trainer.step,
-        config.seed,
-    )
+    metrics = _evaluate(evaluation_model, config, prepared, baseline_bits_per_dim(prepared), trainer.step, config.seed)
     metrics["train_seconds"] = trainer.seconds
     write_json(out / "metrics.json", metrics)
     # A point cloud needs many more points than an image grid has cells.
     num_shown = 64 if prepared.image_shape is not None else len(prepared.heldout)
-    _save_samples_png(
-        evaluation_model,
-        prepared.heldout,
-        prepared.dequantization,
-        prepared.image_shape,
-        out / "samples.png",
-        num_shown,
-        config.seed,
-    )
+    _save_samples(evaluation_model, prepared, out / "samples.png", num_shown, config.seed)
     print(f"run folder: {out}")
     _report(metrics)
     return 0
 
 
+RUN_FILES = (CHECKPOINT, HELDOUT, "config.json", "metrics.json")
+
+
 def _sample(args):
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
-    checkpoint, config, diffusion, dequantization, heldout = _load_run(args.run_dir)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
-    samples = _save_samples_png(
-        diffusion, heldout, dequantization, checkpoint.get("image_shape"), out, args.num_samples, args.seed
-    )
-    save_atomic(samples, out.with_suffix(".pt"))
-    print(f"wrote {args.num_samples} samples to {out.with_suffix('.pt')} and {out}")
+    run_dir = Path(args.run_dir)
+    png_path = Path(args.out) if args.out else run_dir / "samples.png"
+    if png_path.suffix.lower() != ".png":
+        raise UsageError(f"--out {png_path} must end in .png (the samples go beside it as a .pt file)")
+    tensor_path = png_path.with_suffix(".pt")
+    for target in (png_path, tensor_path):
+        if target.name in RUN_FILES and target.resolve().parent == run_dir.resolve():
+            raise UsageError(f"--out {png_path} would overwrite the run's own {target.name}: choose another name")
+    if not png_path.parent.is_dir():
+        raise UsageError(f"--out {png_path}: the folder {png_path.parent} does not exist")
+    checkpoint, config, diffusion, data = _load_run(run_dir)
+    samples, wrote_png = _save_samples(diffusion, data, png_path, args.num_samples, args.seed)
+    save_atomic(samples, tensor_path)
+    shape = "x".join(str(d) for d in samples.shape)
+    if wrote_png:
+        print(f"wrote {args.num_samples} samples ({shape}, data units) to {tensor_path}; figure: {png_path}")
+    else:
+        print(f"wrote {args.num_samples} samples ({shape}, data units) to {tensor_path}; no figure for this data shape")
     return 0
 
 
 def _evaluate_command(args):
-    checkpoint, config, diffusion, dequantization, heldout = _load_run(args.run_dir)
-    log_density = None
+    checkpoint, config, diffusion, data = _load_run(args.run_dir)
     if config.dataset == Dataset.SWISS_ROLL.value:
-        from .data import swiss_roll_log_prob
-
-        log_density = lambda x: swiss_roll_log_prob(x, config.noise)  # noqa: E731
-    baseline = None
+        noise = config.noise
+        data.log_density = lambda x: swiss_roll_log_prob(x, noise)
     metrics_path = Path(args.run_dir) / "metrics.json"
-    previous = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    baseline = previous.get("baseline_nll_bits_per_dim")
-    metrics = _evaluate(
-        diffusion, config, heldout, dequantization, checkpoint.get("image_shape"), log_density, baseline,
-        checkpoint["trainer"]["step"], args.seed,
-    )
+    baseline = None
+    if data.dequantization is not None and config.dataset == Dataset.DIGITS.value:
+        baseline = baseline_bits_per_dim(prepare_data(config))
+    metrics = _evaluate(diffusion, config, data, baseline, checkpoint["trainer"]["step"], args.seed)
     metrics["train_seconds"] = checkpoint["trainer"]["seconds"]
     write_json(metrics_path, metrics)
     _report(metrics)
@@ -350,8 +393,9 @@ def main(argv=None):
     commands = {"train": _train, "sample": _sample, "evaluate": _evaluate_command}
     try:
         return commands[args.command](args)
-    except (UsageError, ValueError) as error:
-        print(f"pyro-diffusion {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ValueError, OSError) as error:
+        message = " ".join(str(error).split())
+        print(f"pyro-diffusion {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

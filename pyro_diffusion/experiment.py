@@ -134,10 +134,20 @@ class RunConfig:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout!r}")
         if not 0 <= config.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {config.ema_decay!r}")
-        if not (math.isfinite(config.noise) and config.noise > 0):
-            raise ValueError(f"noise must be a positive number, got {config.noise!r}")
+        if not (math.isfinite(config.noise) and config.noise >= MIN_SWISS_ROLL_NOISE):
+            raise ValueError(
+                f"noise must be a finite number >= {MIN_SWISS_ROLL_NOISE}, got {config.noise!r}: "
+                "the exact log-likelihood integrates the density on a grid that grows as 1 / noise"
+            )
         return config
 
+
+#: The fewest examples a user array may have: one held out, two to train.
+MIN_ARRAY_EXAMPLES = 3
+
+#: The smallest Swiss roll noise: the exact density is integrated on a grid
+#: whose size grows as ``1 / noise``.
+MIN_SWISS_ROLL_NOISE = 1e-3
 
 #: Defaults per data set. The digits settings reach a held-out bound below
 #: the per-pixel categorical baseline within the default number of steps.
@@ -162,6 +172,7 @@ class PreparedData:
         ``[M, D] -> [M]``, where it is known, else ``None``.
     :ivar center: the offset subtracted from continuous data, ``[D]``.
     :ivar scale: the constant continuous data are divided by.
+    :ivar example_shape: the shape of one example before flattening.
     """
 
     train: torch.Tensor
@@ -171,10 +182,52 @@ class PreparedData:
     log_density: Optional[Callable] = None
     center: Optional[torch.Tensor] = None
     scale: float = 1.0
+    example_shape: Optional[tuple] = None
+
+    def to_data_units(self, x):
+        """
+        Map model-scale values ``[N, D]`` back to the data's units and shape:
+        integer levels for dequantized data, else ``x * scale + center``
+        reshaped to ``[N] + example_shape``.
+        """
+        if self.dequantization is not None:
+            x = self.dequantization.to_levels(x)
+        elif self.center is not None:
+            x = x * self.scale + self.center
+        if self.example_shape is not None:
+            x = x.reshape((len(x),) + tuple(self.example_shape))
+        return x
+
+    def state_dict(self):
+        """The facts needed to map samples back to data units, without the data."""
+        return {
+            "dequantization": self.dequantization.state_dict() if self.dequantization else None,
+            "image_shape": self.image_shape,
+            "center": self.center,
+            "scale": self.scale,
+            "example_shape": self.example_shape,
+        }
 
     @property
     def dim(self):
-        return self.train.shape[1]
+        return self.heldout.shape[1]
+
+    @classmethod
+    def from_state_dict(cls, state, heldout):
+        """
+        Rebuild the held-out side of a run from :meth:`state_dict` and the
+        saved held-out tensor; ``train`` is ``None``.
+        """
+        dequantization = state.get("dequantization")
+        return cls(
+            train=None,
+            heldout=heldout,
+            dequantization=UniformDequantization.from_state_dict(dequantization) if dequantization else None,
+            image_shape=state.get("image_shape"),
+            center=state.get("center"),
+            scale=state.get("scale", 1.0),
+            example_shape=state.get("example_shape"),
+        )
 
     def model_scale(self, batch, generator=None):
         """Map a batch of stored data to the model's scale (dequantizing integers)."""
@@ -196,7 +249,9 @@ def prepare_data(config):
         train = train.reshape(len(train), -1)
         heldout = heldout.reshape(len(heldout), -1)
         dequantization = UniformDequantization.fit(train, datasets.NUM_DIGIT_LEVELS)
-        return PreparedData(train, heldout, dequantization=dequantization, image_shape=(8, 8))
+        return PreparedData(
+            train, heldout, dequantization=dequantization, image_shape=(8, 8), example_shape=(8, 8)
+        )
     if dataset is Dataset.SWISS_ROLL:
         generator = torch.Generator().manual_seed(config.seed)
         train = datasets.sample_swiss_roll(10000, config.noise, generator)
@@ -206,27 +261,31 @@ def prepare_data(config):
             train, heldout, log_density=lambda x: datasets.swiss_roll_log_prob(x, noise)
         )
     array = datasets.load_array(config.data)
-    image_shape = tuple(array.shape[1:]) if array.dim() == 3 else None
-    array = array.reshape(len(array), -1)
-    if len(array) < 2:
+    example_shape = tuple(array.shape[1:])
+    image_shape = example_shape if array.dim() == 3 else None
+    array = array.reshape(len(array), -1).double()
+    if len(array) < MIN_ARRAY_EXAMPLES:
         raise ValueError(
-            f"{config.data} contains {len(array)} example(s): at least 2 are needed, one of them held out"
+            f"{config.data} contains {len(array)} example(s): at least {MIN_ARRAY_EXAMPLES} are needed, "
+            "because one in ten (at least one) is held out and the rest must vary"
         )
     generator = torch.Generator().manual_seed(config.seed)
     permutation = torch.randperm(len(array), generator=generator)
     num_heldout = max(1, len(array) // 10)
     heldout_raw = array[permutation[:num_heldout]]
     train_raw = array[permutation[num_heldout:]]
+    # float64, so that values near the float32 limits neither overflow nor underflow.
     center = train_raw.mean(0)
     scale = float((train_raw - center).pow(2).mean().sqrt())
-    if not scale > 0:
-        raise ValueError(f"{config.data} has zero variance: every example is the same")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"the training split of {config.data} has variance {scale ** 2!r}: the data need "
+            "finite, nonzero spread"
+        )
+    train = ((train_raw - center) / scale).float()
+    heldout = ((heldout_raw - center) / scale).float()
     return PreparedData(
-        (train_raw - center) / scale,
-        (heldout_raw - center) / scale,
-        image_shape=image_shape,
-        center=center,
-        scale=scale,
+        train, heldout, image_shape=image_shape, center=center.float(), scale=scale, example_shape=example_shape
     )
 
 
@@ -252,27 +311,47 @@ def build_model(config, dim, decoder=None):
     return DiffusionModel(forward, reverse, decoder=decoder, name="diffusion")
 
 
-def write_json(path, payload):
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
-def save_atomic(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename it into place."""
+def _replace_from_temporary(path, write):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
+        # mkstemp creates files readable by the owner only; run files are shared.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path, payload):
+    """
+    Write JSON atomically (a temporary file in the same folder, then a
+    rename). Non-finite floats become ``null``, which strict JSON parsers accept.
+    """
+
+    def write(tmp):
+        with open(tmp, "w") as handle:
+            json.dump(_finite_or_none(payload), handle, indent=2, sort_keys=True, allow_nan=False)
+            handle.write("\n")
+
+    _replace_from_temporary(path, write)
+
+
+def save_atomic(obj, path):
+    """``torch.save`` to a temporary file in the same folder, then rename it into place."""
+    _replace_from_temporary(path, lambda tmp: torch.save(obj, tmp))
 
 
 def baseline_bits_per_dim(prepared):

@@ -78,6 +78,12 @@ class DiffusionModel(PyroModule):
         self.reverse = reverse
         self.decoder = decoder if decoder is not None else GaussianDecoder()
         self.event_shape = torch.Size(reverse.event_shape)
+        if forward_process.event_dim != len(self.event_shape):
+            raise ValueError(
+                f"the forward process has event_dim={forward_process.event_dim} but the reverse kernel's "
+                f"event_shape {tuple(self.event_shape)} has {len(self.event_shape)} dimensions: build "
+                f"GaussianForward(schedule, event_dim={len(self.event_shape)})"
+            )
 
     @property
     def num_steps(self):
@@ -109,16 +115,29 @@ class DiffusionModel(PyroModule):
             raise ValueError(
                 f"x0 must have shape {expected} (examples first), got {tuple(x0.shape)}"
             )
+        if not x0.is_floating_point():
+            raise ValueError(f"x0 must be floating point, got {x0.dtype}: use x0.float()")
+        dtype = self._dtype()
+        if x0.dtype != dtype:
+            raise ValueError(
+                f"x0 has dtype {x0.dtype} but the model's parameters are {dtype}: "
+                f"convert x0 with x0.to({dtype}) or the model with .to({x0.dtype})"
+            )
         if x0.shape[0] == 0:
             raise ValueError("x0 is empty (0 examples): pass at least one example")
         if is_validation_enabled() and not torch.isfinite(x0).all():
             raise ValueError("x0 contains NaN or infinite values: remove or impute them")
 
+    def _dtype(self):
+        for parameter in self.reverse.parameters():
+            return parameter.dtype
+        return torch.get_default_dtype()
+
     def _batch_size(self, x0, num_samples):
         if x0 is not None:
             self._check_data(x0)
             return x0.shape[0]
-        if num_samples is None or int(num_samples) < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(
                 f"without data, pass num_samples >= 1 (got {num_samples!r})"
             )
@@ -127,7 +146,7 @@ class DiffusionModel(PyroModule):
     def _standard_normal(self, batch_size, like=None):
         shape = (batch_size,) + self.event_shape
         ref = self.forward_process.schedule.betas
-        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        dtype = like.dtype if like is not None else self._dtype()
         zeros = torch.zeros(shape, dtype=dtype, device=ref.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
 
@@ -227,10 +246,10 @@ class DiffusionModel(PyroModule):
         :returns: an iterator of ``(t, x_t)`` for ``t = T, ..., 0``, each
             ``x_t`` of shape ``[N] + event_shape``.
         """
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         device = self.forward_process.schedule.betas.device
-        dtype = torch.get_default_dtype()
+        dtype = self._dtype()
         shape = (int(num_samples),) + self.event_shape
         x = torch.randn(shape, dtype=dtype, device=device, generator=generator)
         yield self.num_steps, x

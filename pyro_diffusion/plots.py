@@ -11,14 +11,16 @@ __all__ = ["save_image_comparison", "save_scatter_comparison"]
 def save_image_comparison(samples, heldout, path, num_levels=None, nrow=8, upscale=4):
     """
     Save two grids side by side: model samples on the left, held-out
-    examples on the right.
+    examples on the right, each with the same number of images (at most
+    ``nrow * nrow``).
 
     :param torch.Tensor samples: ``[N, H, W]``.
     :param torch.Tensor heldout: ``[M, H, W]``.
     :param int num_levels: the number of integer levels, to map levels to
         ``[0, 1]``; continuous data are min-max scaled together.
     """
-    images = [samples.float(), heldout.float()]
+    count = min(len(samples), len(heldout), nrow * nrow)
+    images = [samples[:count].float(), heldout[:count].float()]
     if num_levels is not None:
         images = [x / (num_levels - 1) for x in images]
     else:
@@ -28,7 +30,7 @@ def save_image_comparison(samples, heldout, path, num_levels=None, nrow=8, upsca
     grids = []
     for x in images:
         x = x.unsqueeze(1).repeat_interleave(upscale, -1).repeat_interleave(upscale, -2)
-        grids.append(make_grid(x[: nrow * nrow], nrow=nrow, padding=2, pad_value=0.5))
+        grids.append(make_grid(x, nrow=min(nrow, count), padding=2, pad_value=0.5))
     gap = torch.full((3, grids[0].shape[1], 8), 1.0)
     save_image(torch.cat([grids[0], gap, grids[1]], dim=-1), path)
 
@@ -51,8 +53,9 @@ def save_scatter_comparison(samples, heldout, path, size=256):
     :param torch.Tensor samples: ``[N, 2]``.
     :param torch.Tensor heldout: ``[M, 2]``.
     """
-    both = torch.cat([samples, heldout])
-    finite = both[torch.isfinite(both).all(-1)]
+    # The held-out data set the range, so stray samples cannot shrink the
+    # data to a dot; samples outside it are left out of the picture.
+    finite = heldout[torch.isfinite(heldout).all(-1)]
     bound = float(finite.abs().max()) * 1.05 if len(finite) else 1.0
     panels = [1 - _histogram(x, (-bound, bound), size) for x in (samples, heldout)]
     gap = torch.full((size, 8), 0.5)

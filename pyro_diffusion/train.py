@@ -95,7 +95,13 @@ class Trainer:
             while self.step < self.config.steps:
                 index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
                 batch = self.prepared.model_scale(train[index], self.data_generator)
-                loss = self.svi.step(batch)
+                try:
+                    loss = self.svi.step(batch)
+                except ValueError as error:
+                    self._raise_if_diverged(error)
+                    raise
+                if not math.isfinite(loss):
+                    self._raise_if_diverged(None)
                 if self.ema is not None:
                     self.ema.update(self.diffusion)
                 bits = -loss / batch_size / dim / math.log(2)
@@ -114,6 +120,16 @@ class Trainer:
             self.diffusion.eval()
         logger.info("trained %d steps in %.1f s", self.step, self.seconds)
         return running
+
+    def _raise_if_diverged(self, error):
+        diverged = error is None or any(
+            not torch.isfinite(p).all() for p in self.diffusion.parameters()
+        ) or "invalid values" in str(error)
+        if diverged:
+            raise ValueError(
+                f"training diverged at step {self.step + 1}: the loss or the network became NaN or infinite; "
+                f"lower --learning-rate (now {self.config.learning_rate})"
+            ) from error
 
     def evaluation_model(self):
         """
