@@ -154,7 +154,7 @@ MIN_SWISS_ROLL_NOISE = 1e-3
 DEFAULTS = {
     Dataset.DIGITS: {"timesteps": 1000, "steps": 6000, "hidden_dim": 256, "schedule": "paper", "beta_1": 0.15, "dropout": 0.3},
     Dataset.SWISS_ROLL: {"timesteps": 40, "steps": 5000, "hidden_dim": 128, "schedule": "log-snr", "beta_1": 1e-4, "dropout": 0.0},
-    Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "cosine", "dropout": 0.1},
+    Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "log-snr", "beta_1": 1e-3, "dropout": 0.1},
 }
 
 

@@ -158,3 +158,89 @@ def test_existing_run_folder_rejected(tmp_path, capsys):
 def test_evaluate_missing_run(tmp_path, capsys):
     assert run_cli("evaluate", tmp_path / "nowhere") == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_seed_fixes_whole_run(tmp_path):
+    bounds = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--seed", 3, *FAST) == 0
+        bounds.append(json.loads((out / "metrics.json").read_text())["heldout_elbo_bits"])
+
+    assert bounds[0] == bounds[1]
+
+
+@pytest.mark.parametrize("name", ["checkpoint.png", "heldout.png"])
+def test_sample_refuses_run_files(tmp_path, capsys, name):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    before = (out / name.replace(".png", ".pt")).read_bytes()
+
+    assert run_cli("sample", out, "--out", out / name) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert (out / name.replace(".png", ".pt")).read_bytes() == before
+
+
+def test_resume_names_changed_option(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    changed = [a if a != "16" else "32" for a in FAST]
+
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--resume", *changed) == 2
+    assert "hidden_dim (saved 16, given 32)" in capsys.readouterr().err
+
+
+def test_resume_rejects_fewer_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    fewer = [a if a != "20" else "10" for a in FAST]
+
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--resume", *fewer) == 2
+    assert "below the 20 steps" in capsys.readouterr().err
+
+
+def test_small_image_array_in_data_units(tmp_path):
+    path = tmp_path / "images.npy"
+    images = np.random.default_rng(1).normal(loc=5.0, scale=2.0, size=(30, 4, 3)).astype(np.float32)
+    np.save(path, images)
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", path, "--out", out, *FAST) == 0
+    assert (out / "samples.png").is_file()
+    assert run_cli("sample", out, "--num-samples", 5) == 0
+    samples = torch.load(out / "samples.pt")
+    assert samples.shape == (5, 4, 3)
+    # The saved samples are the model's samples mapped back by the training
+    # split's per-feature mean and scale.
+    from pyro_diffusion.cli import _load_run
+
+    _, _, diffusion, data = _load_run(out)
+    model_scale = diffusion.sample(5, generator=torch.Generator().manual_seed(0))
+    expected = (model_scale * data.scale + data.center).reshape(5, 4, 3)
+    torch.testing.assert_close(samples, expected)
+    assert float(data.center.mean()) == pytest.approx(5.0, abs=0.5)
+    assert data.scale == pytest.approx(2.0, rel=0.25)
+
+
+def test_single_heldout_metrics_strict_json(tmp_path):
+    path = tmp_path / "few.npy"
+    np.save(path, np.random.default_rng(2).normal(size=(5, 2)).astype(np.float32))
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", path, "--out", out, *FAST) == 0
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["heldout_elbo_bits_stderr"] is None
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--schedule", "cosine", "--beta-1", "0.01"], "--beta-1"),
+        (["--kernel", "paper", "--variance", "small"], "--variance"),
+        (["--noise", "0.3"], "--noise"),
+    ],
+)
+def test_ignored_option_rejected(tmp_path, capsys, extra, expected):
+    assert run_cli("train", "--out", tmp_path / "run", *extra, *FAST) == 2
+    assert expected in capsys.readouterr().err

@@ -339,3 +339,21 @@ def test_same_name_second_model_trains():
 
     assert not torch.equal(before, second.reverse.net.output.bias)
     assert not torch.equal(first.reverse.net.output.bias, second.reverse.net.output.bias)
+
+
+def test_event_dim_mismatch_raises():
+    forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
+    net = MLP(16, 16, 5, hidden_dim=8, num_blocks=1)
+
+    with pytest.raises(ValueError, match="event_dim=2"):
+        DiffusionModel(forward, EpsilonReverse(forward, net, (4, 4), "small"))
+
+
+def test_sample_follows_model_dtype():
+    forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
+    net = MLP(2, 4, 5, hidden_dim=8, num_blocks=1)
+    diffusion = DiffusionModel(forward, EpsilonReverse(forward, net, (2,))).double()
+
+    assert diffusion.sample(3).dtype == torch.float64
+    with pytest.raises(ValueError, match="float32"):
+        diffusion.model(torch.zeros(3, 2))
