@@ -121,6 +121,8 @@ class RunConfig:
             minimum = 0 if name in ("steps", "num_blocks") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {config.seed!r}")
         if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {config.learning_rate!r}")
         if not 0 < config.final_learning_rate_fraction <= 1:
@@ -142,7 +144,7 @@ class RunConfig:
         return config
 
 
-#: The fewest examples a user array may have: one held out, two to train.
+#: The minimum number of examples in a user array: one held out, two to train.
 MIN_ARRAY_EXAMPLES = 3
 
 #: The smallest Swiss roll noise: the exact density is integrated on a grid
@@ -199,7 +201,7 @@ class PreparedData:
         return x
 
     def state_dict(self):
-        """The facts needed to map samples back to data units, without the data."""
+        """Return the facts needed to map samples back to data units, without the data."""
         return {
             "dequantization": self.dequantization.state_dict() if self.dequantization else None,
             "image_shape": self.image_shape,

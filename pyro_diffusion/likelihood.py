@@ -135,6 +135,8 @@ def heldout_bound(diffusion, x0, batch_size=500, generator=None):
           the three terms per example, in bits.
     :rtype: dict
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     chunks = [bound_terms(diffusion, batch, generator) for batch in x0.split(batch_size)]
     elbo = nats_to_bits(torch.cat([c.elbo() for c in chunks]))
     dim = diffusion.event_shape.numel()
