@@ -42,7 +42,7 @@ def main():
     digits, digits_seconds = run(root / "digits")
     roll, roll_seconds = run(root / "swiss-roll", "--dataset", "swiss-roll")
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, PyTorch threads: {torch.get_num_threads()}"
     lines = [
         "Command: `python benchmarks/main_command.py` (runs `pyro-diffusion train` and "
         f"`pyro-diffusion train --dataset swiss-roll` with default settings). Machine: {machine}.",
@@ -51,7 +51,8 @@ def main():
         "|---|---|---|---|---|---|",
         f"| digits (8x8, levels 0..16, {digits['heldout_examples']} held out) | {digits['timesteps']} | "
         f"{digits['steps']} | {digits_seconds / 60:.1f} min | "
-        f"NLL <= {digits['heldout_nll_bits_per_dim']:.3f} bits/dim (integer scale, dequantized) | "
+        f"NLL <= {digits['heldout_nll_bits_per_dim']:.3f} +- {digits['heldout_nll_bits_per_dim_stderr']:.3f} "
+        "bits/dim (integer scale, dequantized; +- is one standard error over examples) | "
         f"per-pixel categorical: {digits['baseline_nll_bits_per_dim']:.3f} bits/dim |",
         f"| Swiss roll (noise 0.05, {roll['heldout_examples']} held out) | {roll['timesteps']} | {roll['steps']} | "
         f"{roll_seconds / 60:.1f} min | "

@@ -207,6 +207,7 @@ def _evaluate(diffusion, config, data, baseline, steps, seed):
         metrics["true_log_likelihood_bits_stderr"] = float(truth.std() / math.sqrt(len(truth)))
     if dequantization is not None:
         metrics["heldout_nll_bits_per_dim"] = dequantization.nll_bits_per_dim(result["elbo_bits_per_dim"])
+        metrics["heldout_nll_bits_per_dim_stderr"] = result["elbo_bits_stderr"] / heldout.shape[1]
         metrics["dequantization"] = dequantization.state_dict()
         if baseline is not None:
             metrics["baseline_nll_bits_per_dim"] = baseline
@@ -229,6 +230,7 @@ def _report(metrics):
     if "heldout_nll_bits_per_dim" in metrics:
         print(
             f"held-out NLL bound on the integer scale: {metrics['heldout_nll_bits_per_dim']:.4f} "
+            f"+- {metrics['heldout_nll_bits_per_dim_stderr']:.4f} (standard error) "
             "bits per dimension (uniformly dequantized, lower is better)"
         )
     if "baseline_nll_bits_per_dim" in metrics:
