@@ -68,6 +68,12 @@ def _parser():
         "--timestep-sampling", default="importance", help="how training draws t: importance or uniform"
     )
     train.add_argument("--noise", type=float, default=None, help="the Swiss roll's noise standard deviation, in the curve's raw units (default 0.05)")
+    train.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="treat --data as integer levels 0..K-1 (e.g. 256 for 8-bit images), uniformly dequantized",
+    )
     train.add_argument("--seed", type=int, default=0, help="the seed of the split, the weights and the training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -118,6 +124,7 @@ def _config_from_args(args):
         variance=args.variance if args.variance is not None else "learned",
         timestep_sampling=args.timestep_sampling,
         noise=args.noise if args.noise is not None else 0.05,
+        levels=args.levels,
         seed=args.seed,
     )
     config = config.resolved()
@@ -374,9 +381,7 @@ def _evaluate_command(args):
         noise = config.noise
         data.log_density = lambda x: swiss_roll_log_prob(x, noise)
     metrics_path = Path(args.run_dir) / "metrics.json"
-    baseline = None
-    if data.dequantization is not None and config.dataset == Dataset.DIGITS.value:
-        baseline = baseline_bits_per_dim(prepare_data(config))
+    baseline = checkpoint["data"].get("baseline_nll_bits_per_dim")
     metrics = _evaluate(diffusion, config, data, baseline, checkpoint["trainer"]["step"], args.seed)
     metrics["train_seconds"] = checkpoint["trainer"]["seconds"]
     write_json(metrics_path, metrics)

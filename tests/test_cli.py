@@ -244,3 +244,39 @@ def test_single_heldout_metrics_strict_json(tmp_path):
 def test_ignored_option_rejected(tmp_path, capsys, extra, expected):
     assert run_cli("train", "--out", tmp_path / "run", *extra, *FAST) == 2
     assert expected in capsys.readouterr().err
+
+
+def _level_file(tmp_path, top=3):
+    path = tmp_path / "levels.npy"
+    values = np.random.default_rng(3).integers(0, top + 1, size=(60, 3, 3)).astype(np.uint8)
+    np.save(path, values)
+    return path
+
+
+def test_levels_array_dequantized(tmp_path):
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", _level_file(tmp_path), "--levels", 4, "--out", out, *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "heldout_nll_bits_per_dim" in metrics
+    assert "baseline_nll_bits_per_dim" in metrics
+    assert metrics["dequantization"]["num_levels"] == 4
+    assert run_cli("sample", out, "--num-samples", 4) == 0
+    samples = torch.load(out / "samples.pt")
+    assert samples.shape == (4, 3, 3)
+    assert samples.dtype == torch.long
+    assert int(samples.min()) >= 0
+    assert int(samples.max()) <= 3
+
+
+def test_levels_too_few_rejected(tmp_path, capsys):
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", _level_file(tmp_path), "--levels", 3, "--out", out, *FAST) == 2
+    assert "--levels" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_levels_need_user_array(tmp_path, capsys):
+    assert run_cli("train", "--levels", 4, "--out", tmp_path / "run", *FAST) == 2
+    assert "levels" in capsys.readouterr().err
