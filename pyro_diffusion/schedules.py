@@ -186,7 +186,8 @@ def log_snr_betas(num_steps, beta_1=1e-4, final_log_snr=-7.0):
     first = math.log((1 - beta_1) / beta_1)
     if not final_log_snr < first:
         raise ValueError(
-            f"final_log_snr = {final_log_snr} must lie below the first step's log SNR {first:.3f}"
+            f"beta_1 = {beta_1!r} gives a first log SNR of {first:.3f}, not above the final "
+            f"{final_log_snr}: use a smaller beta_1"
         )
     if num_steps == 1:
         return validate_betas(torch.tensor([beta_1], dtype=torch.float64))

@@ -5,6 +5,8 @@ decaying learning rate, progress and resumable state.
 
 import logging
 import math
+import signal
+import threading
 import time
 
 import torch
@@ -20,6 +22,32 @@ from .timesteps import ImportanceTimesteps, UniformTimesteps
 logger = logging.getLogger(__name__)
 
 __all__ = ["Trainer"]
+
+
+class _DeferredInterrupt:
+    """
+    Defer Ctrl-C (SIGINT) to the end of the current SVI step, so that an
+    interrupted run stops between steps and its saved state resumes exactly.
+    A second Ctrl-C interrupts at once. Only the main thread can install the
+    handler; elsewhere Ctrl-C behaves as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.info("interrupt received: stopping after the current step")
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class Trainer:
@@ -91,8 +119,11 @@ class Trainer:
             total=self.config.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True
         )
         started = time.perf_counter()
+        interrupt = _DeferredInterrupt()
         try:
             while self.step < self.config.steps:
+                if interrupt.requested:
+                    raise KeyboardInterrupt
                 index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
                 batch = self.prepared.model_scale(train[index], self.data_generator)
                 try:
@@ -114,7 +145,10 @@ class Trainer:
                     self.seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     on_checkpoint()
+            if interrupt.requested:
+                raise KeyboardInterrupt
         finally:
+            interrupt.restore()
             self.seconds += time.perf_counter() - started
             bar.close()
             self.diffusion.eval()

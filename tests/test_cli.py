@@ -280,3 +280,41 @@ def test_levels_too_few_rejected(tmp_path, capsys):
 def test_levels_need_user_array(tmp_path, capsys):
     assert run_cli("train", "--levels", 4, "--out", tmp_path / "run", *FAST) == 2
     assert "levels" in capsys.readouterr().err
+
+
+def _train_process(out, steps):
+    args = ["--dataset", "swiss-roll", "--out", str(out), "--steps", str(steps), "--timesteps", "6"]
+    args += ["--hidden-dim", "16", "--no-progress"]
+    return [sys.executable, "-m", "pyro_diffusion.cli", "train", *args]
+
+
+def _final_weights(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["model"]
+
+
+def test_interrupt_then_resume_is_exact(tmp_path):
+    import signal
+    import time
+
+    steps = 2000
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(_train_process(interrupted, steps), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (interrupted / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    saved_step = torch.load(interrupted / "checkpoint.pt", weights_only=True)["trainer"]["step"]
+    assert 0 < saved_step < steps
+    resumed = subprocess.run(
+        _train_process(interrupted, steps) + ["--resume"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+    straight = tmp_path / "straight"
+    assert subprocess.run(_train_process(straight, steps), capture_output=True).returncode == 0
+    for name, value in _final_weights(straight).items():
+        assert torch.equal(value, _final_weights(interrupted)[name]), name
