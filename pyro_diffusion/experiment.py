@@ -2,7 +2,7 @@
 Data preparation, model construction and run folders for the command line.
 
 A run folder contains ``checkpoint.pt`` (model, optimizer and random state),
-``heldout.pt`` (the held-out split as the model sees it, before
+``heldout.pt`` (the held-out split on the model's scale, before
 dequantization), ``config.json``, ``metrics.json`` and ``samples.png``.
 """
 

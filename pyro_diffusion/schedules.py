@@ -79,8 +79,8 @@ def _check_num_steps(num_steps):
 
 def paper_betas(num_steps, beta_1=1e-2):
     r"""
-    The fixed schedule of [1]: each step removes a constant fraction of the
-    remaining signal.
+    Build the fixed schedule of [1], in which every step after the first
+    removes the same share, :math:`1/T`, of the signal's variance.
 
     .. math::
 
@@ -245,7 +245,7 @@ def validate_betas(betas):
 class BetaSchedule(nn.Module):
     r"""
     A fixed beta schedule and its derived quantities as buffers of shape
-    ``[T + 1]``, indexed by the time step ``t = 0, ..., T``. Index 0 holds the
+    ``[T + 1]``, indexed by the time step ``t = 0, ..., T``. Index 0 contains the
     values of the identity step (:math:`\beta_0 = 0`, :math:`\bar\alpha_0 = 1`).
 
     The buffers, each computed in float64:
