@@ -8,7 +8,14 @@ from .dequantize import UniformDequantization
 from .distributions import BinnedNormal
 from .elbo import TimestepELBO
 from .forward import GaussianForward
-from .likelihood import NULL_BITS_PER_DIM, BoundTerms, bound_terms, heldout_bound
+from .likelihood import (
+    NULL_BITS_PER_DIM,
+    BoundTerms,
+    bound_terms,
+    heldout_bound,
+    heldout_importance_log_likelihood,
+    importance_log_likelihood,
+)
 from .model import DiffusionModel
 from .nets import MLP
 from .reverse import EpsilonReverse, PaperReverse, ReverseKernel, ReverseVariance
@@ -39,6 +46,8 @@ __all__ = [
     "bound_terms",
     "cosine_betas",
     "heldout_bound",
+    "heldout_importance_log_likelihood",
+    "importance_log_likelihood",
     "linear_betas",
     "make_betas",
     "paper_betas",

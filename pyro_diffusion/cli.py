@@ -26,7 +26,7 @@ from .experiment import (
     save_atomic,
     write_json,
 )
-from .likelihood import heldout_bound, nats_to_bits
+from .likelihood import heldout_bound, heldout_importance_log_likelihood, nats_to_bits
 from .plots import save_image_comparison, save_scatter_comparison
 from .train import Trainer
 
@@ -89,6 +89,13 @@ def _parser():
     evaluate = commands.add_parser("evaluate", help="compute the held-out bound of a trained run")
     evaluate.add_argument("run_dir", help="a run folder written by 'pyro-diffusion train'")
     evaluate.add_argument("--seed", type=int, default=0, help="the seed of the forward samples")
+    evaluate.add_argument(
+        "--importance-samples",
+        type=int,
+        default=None,
+        help="also estimate the log-likelihood with K importance-weighted forward trajectories "
+        "per example (costs K times T network evaluations per example)",
+    )
     _add_threads_option(evaluate)
     return parser
 
@@ -180,7 +187,7 @@ def _load_run(run_dir):
     return checkpoint, config, diffusion, data
 
 
-def _evaluate(diffusion, config, data, baseline, steps, seed):
+def _evaluate(diffusion, config, data, baseline, steps, seed, importance_samples=None):
     heldout, dequantization, log_density = data.heldout, data.dequantization, data.log_density
     generator = torch.Generator().manual_seed(seed)
     x = dequantization(heldout, generator) if dequantization else heldout
@@ -203,6 +210,15 @@ def _evaluate(diffusion, config, data, baseline, steps, seed):
             "per example on the model's scale (data divided by one constant to variance 1), in bits"
         ),
     }
+    if importance_samples is not None:
+        estimate = heldout_importance_log_likelihood(diffusion, x, importance_samples, generator=generator)
+        metrics["importance_samples"] = importance_samples
+        metrics["heldout_log_likelihood_bits"] = estimate["log_likelihood_bits"]
+        metrics["heldout_log_likelihood_bits_stderr"] = estimate["log_likelihood_bits_stderr"]
+        if dequantization is not None:
+            metrics["heldout_importance_nll_bits_per_dim"] = dequantization.nll_bits_per_dim(
+                estimate["log_likelihood_bits_per_dim"]
+            )
     if data.center is not None:
         metrics["data_scale"] = {
             "scale": data.scale,
@@ -229,6 +245,17 @@ def _report(metrics):
         f"{metrics['heldout_elbo_bits_per_dim']:.4f} bits per dimension (D = {d}), higher is better"
     )
     print(f"K - L_null: {metrics['heldout_k_minus_l_null_bits']:.3f} bits per example")
+    if "heldout_log_likelihood_bits" in metrics:
+        print(
+            f"held-out log-likelihood, importance-sampled with K = {metrics['importance_samples']}: "
+            f"{metrics['heldout_log_likelihood_bits']:.3f} +- {metrics['heldout_log_likelihood_bits_stderr']:.3f} "
+            "(standard error) bits per example"
+        )
+    if "heldout_importance_nll_bits_per_dim" in metrics:
+        print(
+            "importance-sampled NLL on the integer scale: "
+            f"{metrics['heldout_importance_nll_bits_per_dim']:.4f} bits per dimension (lower is better)"
+        )
     if "true_log_likelihood_bits" in metrics:
         print(
             f"exact held-out log-likelihood of the generator: {metrics['true_log_likelihood_bits']:.3f} "
@@ -382,7 +409,11 @@ def _evaluate_command(args):
         data.log_density = lambda x: swiss_roll_log_prob(x, noise)
     metrics_path = Path(args.run_dir) / "metrics.json"
     baseline = checkpoint["data"].get("baseline_nll_bits_per_dim")
-    metrics = _evaluate(diffusion, config, data, baseline, checkpoint["trainer"]["step"], args.seed)
+    if args.importance_samples is not None and args.importance_samples < 1:
+        raise UsageError(f"--importance-samples must be >= 1, got {args.importance_samples}")
+    metrics = _evaluate(
+        diffusion, config, data, baseline, checkpoint["trainer"]["step"], args.seed, args.importance_samples
+    )
     metrics["train_seconds"] = checkpoint["trainer"]["seconds"]
     write_json(metrics_path, metrics)
     _report(metrics)

@@ -318,3 +318,24 @@ def test_interrupt_then_resume_is_exact(tmp_path):
     assert subprocess.run(_train_process(straight, steps), capture_output=True).returncode == 0
     for name, value in _final_weights(straight).items():
         assert torch.equal(value, _final_weights(interrupted)[name]), name
+
+
+def test_evaluate_importance_samples(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+
+    assert run_cli("evaluate", out, "--importance-samples", 16) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["importance_samples"] == 16
+    # Averaged over 2000 examples, 16 trajectories do not fall below the bound.
+    assert metrics["heldout_log_likelihood_bits"] >= metrics["heldout_elbo_bits"] - 3 * metrics["heldout_elbo_bits_stderr"]
+    assert metrics["heldout_log_likelihood_bits_stderr"] > 0
+    assert "importance-sampled with K = 16" in capsys.readouterr().out
+
+
+def test_evaluate_importance_samples_invalid(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+
+    assert run_cli("evaluate", out, "--importance-samples", 0) == 2
+    assert "--importance-samples" in capsys.readouterr().err
