@@ -11,7 +11,7 @@ from torch.distributions.utils import broadcast_all
 
 import pyro.distributions as dist
 
-__all__ = ["BinnedNormal"]
+__all__ = ["BinnedNormal", "draw"]
 
 
 def _log1mexp(x):
@@ -153,3 +153,28 @@ class BinnedNormal(dist.TorchDistribution):
     @property
     def variance(self):
         raise NotImplementedError("BinnedNormal has no closed-form variance")
+
+
+def draw(distribution, generator=None):
+    """
+    Draw one sample of a Normal, Bernoulli or :class:`BinnedNormal`
+    distribution (possibly wrapped by ``.to_event``) from ``generator``, so
+    that a seeded stream reproduces it.
+
+    :param distribution: the distribution to sample.
+    :param torch.Generator generator: an optional random stream.
+    :rtype: torch.Tensor
+    """
+    base = distribution
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    if isinstance(base, dist.Normal):
+        noise = torch.randn(base.loc.shape, dtype=base.loc.dtype, device=base.loc.device, generator=generator)
+        return base.loc + base.scale * noise
+    if isinstance(base, dist.Bernoulli):
+        probs = base.probs
+        uniform = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
+        return (uniform < probs).to(probs.dtype)
+    if isinstance(base, BinnedNormal):
+        return base.sample(generator=generator)
+    raise ValueError(f"draw supports Normal, Bernoulli and BinnedNormal, got {type(base).__name__}")

@@ -164,5 +164,13 @@ class GaussianForward(nn.Module):
         mean, variance = self.posterior_mean_variance(x_t, x0, t)
         return self._normal(mean, variance)
 
+    def stationary(self, shape, dtype, device):
+        """The stationary distribution, the standard normal, with ``batch_shape + event_shape = shape``."""
+        zeros = torch.zeros(shape, dtype=dtype, device=device)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
+
+    def check_data(self, x0):
+        """Accept any finite real data; the model checks finiteness."""
+
     def extra_repr(self):
         return f"num_steps={self.num_steps}, event_dim={self.event_dim}"

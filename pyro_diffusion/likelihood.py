@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-import pyro.distributions as dist
 from pyro.distributions.kl import kl_divergence
+
+from .distributions import draw
 
 __all__ = [
     "NULL_BITS_PER_DIM",
@@ -87,17 +88,14 @@ def bound_terms(diffusion, x0, generator=None):
     diffusion._check_data(x0)
     forward = diffusion.forward_process
     reverse = diffusion.reverse
-    event_dim = diffusion.event_dim
     T = diffusion.num_steps
     batch_size = x0.shape[0]
 
     def noisy(t):
-        noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
-        return forward.q_sample(x0, torch.tensor(t, device=x0.device), noise)
+        return draw(forward.marginal(x0, torch.tensor(t, device=x0.device)), generator)
 
     # 1. The prior term L_T, analytic.
-    zeros = torch.zeros_like(x0)
-    prior = dist.Normal(zeros, torch.ones_like(zeros)).to_event(event_dim)
+    prior = diffusion.prior_distribution(batch_size, x0)
     prior_kl = kl_divergence(forward.marginal(x0, T), prior).expand(batch_size)
 
     # 2. The diffusion terms L_{t-1}, analytic given one sample of x_t.
@@ -109,9 +107,7 @@ def bound_terms(diffusion, x0, generator=None):
         diffusion_kl[:, t - 2] = kl
 
     # 3. The decoder term log p(x_0 | x_1), one sample of x_1.
-    x_1 = noisy(1)
-    loc, log_variance = reverse.loc_log_variance(x_1, torch.tensor(1, device=x0.device))
-    decoder = diffusion.decoder.distribution(loc, log_variance, event_dim).log_prob(x0)
+    decoder = diffusion.decoder_distribution(noisy(1)).log_prob(x0)
     return BoundTerms(prior=prior_kl, diffusion=diffusion_kl, decoder=decoder)
 
 
@@ -161,12 +157,6 @@ def heldout_bound(diffusion, x0, batch_size=500, generator=None):
     }
 
 
-def _sample_normal(distribution, generator):
-    base = distribution.base_dist
-    noise = torch.randn(base.loc.shape, dtype=base.loc.dtype, device=base.loc.device, generator=generator)
-    return base.loc + base.scale * noise
-
-
 @torch.no_grad()
 def importance_log_likelihood(diffusion, x0, num_samples, generator=None):
     r"""
@@ -195,7 +185,6 @@ def importance_log_likelihood(diffusion, x0, num_samples, generator=None):
     diffusion._check_data(x0)
     forward = diffusion.forward_process
     reverse = diffusion.reverse
-    event_dim = diffusion.event_dim
     T = diffusion.num_steps
     batch_size = x0.shape[0]
     # [K * N] + event_shape: every example repeated once per trajectory.
@@ -203,22 +192,20 @@ def importance_log_likelihood(diffusion, x0, num_samples, generator=None):
 
     # 1. The start of the trajectory: log p(x_T) - log q(x_T | x_0).
     proposal = forward.marginal(data, T)
-    x = _sample_normal(proposal, generator)
-    zeros = torch.zeros_like(data)
-    prior = dist.Normal(zeros, torch.ones_like(zeros)).to_event(event_dim)
+    x = draw(proposal, generator)
+    prior = diffusion.prior_distribution(len(data), data)
     log_weight = prior.log_prob(x) - proposal.log_prob(x)
 
     # 2. Each step: log p(x_{t-1} | x_t) - log q(x_{t-1} | x_t, x_0).
     for t in range(T, 1, -1):
         step = torch.tensor(t, device=x0.device)
         proposal = forward.posterior(x, data, step)
-        x_prev = _sample_normal(proposal, generator)
+        x_prev = draw(proposal, generator)
         log_weight = log_weight + reverse.distribution(x, step).log_prob(x_prev) - proposal.log_prob(x_prev)
         x = x_prev
 
     # 3. The observed data: log p(x_0 | x_1).
-    loc, log_variance = reverse.loc_log_variance(x, torch.tensor(1, device=x0.device))
-    log_weight = log_weight + diffusion.decoder.distribution(loc, log_variance, event_dim).log_prob(data)
+    log_weight = log_weight + diffusion.decoder_distribution(x).log_prob(data)
     log_weight = log_weight.reshape(num_samples, batch_size)
     return torch.logsumexp(log_weight, 0) - math.log(num_samples)
 

@@ -42,13 +42,13 @@ import logging
 import torch
 
 import pyro
-import pyro.distributions as dist
 from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import is_validation_enabled
 
 from .decoders import GaussianDecoder
+from .distributions import draw
 from .timesteps import active_timestep_subsample
 
 __all__ = ["DiffusionModel"]
@@ -65,8 +65,9 @@ class DiffusionModel(PyroModule):
 
     :param GaussianForward forward_process: the fixed forward process.
     :param ReverseKernel reverse: the learned reverse kernel.
-    :param decoder: the last reverse step; a
-        :class:`~pyro_diffusion.decoders.GaussianDecoder` if omitted.
+    :param decoder: the last reverse step of a Gaussian kernel; a
+        :class:`~pyro_diffusion.decoders.GaussianDecoder` if omitted. Kernels
+        that are not Gaussian (binomial) give ``x_0`` themselves and take none.
     :param str name: the prefix of this model's parameters in Pyro's param
         store. Each instance gets a distinct default, so two models in one
         process never share parameters.
@@ -76,7 +77,13 @@ class DiffusionModel(PyroModule):
         super().__init__(name if name is not None else f"diffusion_{next(_names)}")
         self.forward_process = forward_process
         self.reverse = reverse
-        self.decoder = decoder if decoder is not None else GaussianDecoder()
+        if decoder is None and reverse.has_gaussian_steps:
+            decoder = GaussianDecoder()
+        if decoder is not None and not reverse.has_gaussian_steps:
+            raise ValueError(
+                f"{type(reverse).__name__} gives the distribution of x_0 itself: build the model without a decoder"
+            )
+        self.decoder = decoder
         self.event_shape = torch.Size(reverse.event_shape)
         if forward_process.event_dim != len(self.event_shape):
             raise ValueError(
@@ -125,6 +132,7 @@ class DiffusionModel(PyroModule):
             )
         if x0.shape[0] == 0:
             raise ValueError("x0 is empty (0 examples): pass at least one example")
+        self.forward_process.check_data(x0)
         if is_validation_enabled() and not torch.isfinite(x0).all():
             raise ValueError("x0 contains NaN or infinite values: remove or impute them")
 
@@ -143,12 +151,30 @@ class DiffusionModel(PyroModule):
             )
         return int(num_samples)
 
-    def _standard_normal(self, batch_size, like=None):
-        shape = (batch_size,) + self.event_shape
-        ref = self.forward_process.schedule.betas
+    def prior_distribution(self, batch_size, like=None):
+        """
+        :math:`p(x_T)`, the forward process's stationary distribution.
+
+        :param int batch_size: ``N``.
+        :param torch.Tensor like: a tensor whose dtype the result takes.
+        :returns: a distribution with batch shape ``[N]``.
+        """
+        device = next(self.forward_process.buffers()).device
         dtype = like.dtype if like is not None else self._dtype()
-        zeros = torch.zeros(shape, dtype=dtype, device=ref.device)
-        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
+        return self.forward_process.stationary((batch_size,) + self.event_shape, dtype, device)
+
+    def decoder_distribution(self, x1):
+        r"""
+        :math:`p(x_0 \mid x_1)`, from the decoder for Gaussian kernels or from
+        the kernel's own step at ``t = 1`` otherwise.
+
+        :param torch.Tensor x1: shape ``[N] + event_shape``.
+        """
+        one = torch.tensor(1, device=x1.device)
+        if self.decoder is None:
+            return self.reverse.distribution(x1, one)
+        loc, log_variance = self.reverse.loc_log_variance(x1, one)
+        return self.decoder.distribution(loc, log_variance, self.event_dim)
 
     def model(self, x0=None, num_samples=None):
         r"""
@@ -166,7 +192,7 @@ class DiffusionModel(PyroModule):
         self._register()
         T = self.num_steps
         with pyro.plate("data", batch_size):
-            x = pyro.sample(f"x_{T}", self._standard_normal(batch_size, x0))
+            x = pyro.sample(f"x_{T}", self.prior_distribution(batch_size, x0))
             for t in range(T, 1, -1):
                 step = torch.tensor(t, device=x.device)
                 x = pyro.sample(f"x_{t - 1}", self.reverse.distribution(x, step))
@@ -193,9 +219,7 @@ class DiffusionModel(PyroModule):
                 x = pyro.sample(f"x_{t - 1}", forward.posterior(x, x0, t))
 
     def _decode(self, x1, x0):
-        one = torch.tensor(1, device=x1.device)
-        loc, log_variance = self.reverse.loc_log_variance(x1, one)
-        return pyro.sample("x_0", self.decoder.distribution(loc, log_variance, self.event_dim), obs=x0)
+        return pyro.sample("x_0", self.decoder_distribution(x1), obs=x0)
 
     def _timestep_model(self, x0, handler):
         if x0 is None:
@@ -206,7 +230,7 @@ class DiffusionModel(PyroModule):
         T = self.num_steps
         batch_size = x0.shape[0]
         with pyro.plate("data", batch_size):
-            x_last = pyro.sample(f"x_{T}", self._standard_normal(batch_size, x0))
+            x_last = pyro.sample(f"x_{T}", self.prior_distribution(batch_size, x0))
             if T == 1:
                 return self._decode(x_last, x0)
             t, weight = handler.current(batch_size, T, x0.device)
@@ -248,20 +272,13 @@ class DiffusionModel(PyroModule):
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        device = self.forward_process.schedule.betas.device
-        dtype = self._dtype()
-        shape = (int(num_samples),) + self.event_shape
-        x = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        x = draw(self.prior_distribution(int(num_samples)), generator)
         yield self.num_steps, x
         for t in range(self.num_steps, 1, -1):
-            step = torch.tensor(t, device=device)
-            loc, log_variance = self.reverse.loc_log_variance(x, step)
-            noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
-            x = loc + (0.5 * log_variance).exp() * noise
+            step = torch.tensor(t, device=x.device)
+            x = draw(self.reverse.distribution(x, step), generator)
             yield t - 1, x
-        one = torch.tensor(1, device=device)
-        loc, log_variance = self.reverse.loc_log_variance(x, one)
-        yield 0, self.decoder.sample(loc, log_variance, generator)
+        yield 0, draw(self.decoder_distribution(x), generator)
 
     def sample(self, num_samples, generator=None):
         """

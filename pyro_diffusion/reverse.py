@@ -65,6 +65,10 @@ class ReverseKernel(nn.Module):
     :param int num_outputs: ``C``, the number of network outputs per element.
     """
 
+    #: Whether the kernel is Gaussian with :meth:`loc_log_variance`, so that
+    #: a Gaussian or binned decoder can turn its last step into ``x_0``.
+    has_gaussian_steps = True
+
     def __init__(self, forward_process, net, event_shape, num_outputs):
         super().__init__()
         self.forward_process = forward_process
