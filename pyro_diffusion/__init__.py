@@ -3,6 +3,7 @@ pyro_diffusion: diffusion probabilistic models (Sohl-Dickstein et al., 2015)
 as Pyro model/guide pairs.
 """
 
+from .binomial import BernoulliReverse, BinomialForward, binomial_betas
 from .decoders import BinnedDecoder, GaussianDecoder
 from .dequantize import UniformDequantization
 from .distributions import BinnedNormal
@@ -25,7 +26,9 @@ from .timesteps import ImportanceTimesteps, UniformTimesteps, subsample_timestep
 __version__ = "0.1.0"
 
 __all__ = [
+    "BernoulliReverse",
     "BetaSchedule",
+    "BinomialForward",
     "BinnedDecoder",
     "BinnedNormal",
     "BoundTerms",
@@ -43,6 +46,7 @@ __all__ = [
     "TimestepELBO",
     "UniformDequantization",
     "UniformTimesteps",
+    "binomial_betas",
     "bound_terms",
     "cosine_betas",
     "heldout_bound",

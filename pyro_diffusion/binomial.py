@@ -10,7 +10,7 @@ event_shape`` with values in ``{0, 1}``, time steps of shape
 References
 
 [1] J. Sohl-Dickstein et al., "Deep Unsupervised Learning using
-    Nonequilibrium Thermodynamics", 2015, Appendix B.
+    Nonequilibrium Thermodynamics", 2015.
 """
 
 import torch
@@ -49,7 +49,7 @@ def _check_binary(x, name):
 
 class BinomialForward(nn.Module):
     r"""
-    The binomial forward process of [1], Eq. (B.1):
+    The binomial forward process of [1]:
 
     .. math::
 
@@ -103,7 +103,7 @@ class BinomialForward(nn.Module):
         return values.to(like.dtype).reshape(values.shape + (1,) * max(extra, 0))
 
     def step(self, x_prev, t):
-        r""":math:`q(x_t \mid x_{t-1})`, Eq. (B.1) in [1]."""
+        r""":math:`q(x_t \mid x_{t-1})` in [1]."""
         t = as_time_tensor(t, self.num_steps, device=x_prev.device)
         beta = self._gather("betas", t, x_prev)
         return self._bernoulli(x_prev * (1 - beta) + 0.5 * beta)
