@@ -48,7 +48,9 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and write a run folder")
-    train.add_argument("--dataset", default=None, help="digits (default), swiss-roll, or array with --data")
+    train.add_argument(
+        "--dataset", default=None, help="digits (default), swiss-roll, heartbeat, or array with --data"
+    )
     train.add_argument("--data", default=None, help="a .npy or .pt array of your own, examples on the first axis")
     train.add_argument("--out", default=None, help="the run folder (default: runs/DATASET)")
     train.add_argument("--steps", type=int, default=None, help="the number of SVI steps")
@@ -62,7 +64,11 @@ def _parser():
     train.add_argument(
         "--ema-decay", type=float, default=0.999, help="the decay of the weights' moving average; 0 turns it off"
     )
-    train.add_argument("--kernel", default="epsilon", help="the reverse kernel: epsilon or paper")
+    train.add_argument(
+        "--kernel",
+        default=None,
+        help="the reverse kernel: epsilon or paper (Gaussian), binomial (binary data); default per data set",
+    )
     train.add_argument("--variance", default=None, help="the epsilon kernel's variance: small, large or learned (default learned)")
     train.add_argument(
         "--timestep-sampling", default="importance", help="how training draws t: importance or uniform"
@@ -139,8 +145,8 @@ def _config_from_args(args):
         raise UsageError(
             f"--beta-1 applies to the paper and log-snr schedules, not --schedule {config.schedule}: drop it"
         )
-    if args.variance is not None and config.kernel == "paper":
-        raise UsageError("--variance applies to --kernel epsilon; the paper kernel learns its own variance: drop it")
+    if args.variance is not None and config.kernel != "epsilon":
+        raise UsageError(f"--variance applies to --kernel epsilon, not {config.kernel}: drop it")
     if args.noise is not None and config.dataset != Dataset.SWISS_ROLL.value:
         raise UsageError(f"--noise applies to --dataset swiss-roll, not {config.dataset}: drop it")
     return config
@@ -219,6 +225,13 @@ def _evaluate(diffusion, config, data, baseline, steps, seed, importance_samples
             metrics["heldout_importance_nll_bits_per_dim"] = dequantization.nll_bits_per_dim(
                 estimate["log_likelihood_bits_per_dim"]
             )
+    if data.null_log_likelihood_bits is not None:
+        metrics["l_null_bits"] = data.null_log_likelihood_bits
+        metrics["heldout_k_minus_l_null_bits"] = result["elbo_bits"] - data.null_log_likelihood_bits
+        metrics["units"] = (
+            "heldout_elbo_* is the trace ELBO (the bound on log-likelihood, higher is better) per binary "
+            "example, in bits; l_null_bits is the independent Bernoulli(0.2) model's log-likelihood"
+        )
     if data.center is not None:
         metrics["data_scale"] = {
             "scale": data.scale,
@@ -407,6 +420,8 @@ def _evaluate_command(args):
     if config.dataset == Dataset.SWISS_ROLL.value:
         noise = config.noise
         data.log_density = lambda x: swiss_roll_log_prob(x, noise)
+    elif config.dataset == Dataset.HEARTBEAT.value:
+        data.log_density = prepare_data(config).log_density
     metrics_path = Path(args.run_dir) / "metrics.json"
     baseline = checkpoint["data"].get("baseline_nll_bits_per_dim")
     if args.importance_samples is not None and args.importance_samples < 1:

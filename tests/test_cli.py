@@ -339,3 +339,26 @@ def test_evaluate_importance_samples_invalid(tmp_path, capsys):
 
     assert run_cli("evaluate", out, "--importance-samples", 0) == 2
     assert "--importance-samples" in capsys.readouterr().err
+
+
+def test_train_heartbeat_binomial(tmp_path):
+    out = tmp_path / "heartbeat"
+
+    assert run_cli("train", "--dataset", "heartbeat", "--out", out, *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["true_log_likelihood_bits"] == pytest.approx(-np.log2(5))
+    assert metrics["l_null_bits"] == pytest.approx(-14.439, abs=1e-3)
+    assert metrics["heldout_k_minus_l_null_bits"] == pytest.approx(metrics["heldout_elbo_bits"] + 14.439, abs=1e-3)
+    assert metrics["heldout_elbo_bits"] < metrics["true_log_likelihood_bits"]
+    assert run_cli("sample", out, "--num-samples", 6) == 0
+    samples = torch.load(out / "samples.pt")
+    assert samples.shape == (6, 1, 20)
+    assert set(samples.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_binomial_kernel_rejects_real_data(tmp_path, capsys):
+    path = tmp_path / "real.npy"
+    np.save(path, np.random.default_rng(4).normal(size=(30, 3)).astype(np.float32))
+
+    assert run_cli("train", "--data", path, "--kernel", "binomial", "--out", tmp_path / "run", *FAST) == 2
+    assert "binary" in capsys.readouterr().err
