@@ -20,6 +20,8 @@ References
     Models", 2021, Section 3.3.
 """
 
+import math
+
 import torch
 
 from pyro.poutine.messenger import Messenger
@@ -113,6 +115,9 @@ class ImportanceTimesteps(UniformTimesteps):
         index = (t.detach().cpu().long() - 2).tolist()
         values = terms.detach().cpu().double().tolist()
         for i, value in zip(index, values):
+            # A non-finite term would poison the proposal; the loss reports it.
+            if not math.isfinite(value):
+                continue
             slot = int(self._counts[i]) % self.history
             self._terms[i, slot] = value
             self._counts[i] += 1

@@ -174,3 +174,14 @@ def test_non_binary_data_raises(value):
 def test_beta_outside_range_raises():
     with pytest.raises(ValueError, match="beta_2"):
         BinomialForward(torch.tensor([0.1, 1.5]))
+
+
+def test_confident_network_keeps_kl_finite():
+    diffusion = binomial_model(4, 2)
+    with torch.no_grad():
+        diffusion.reverse.net.output.bias.fill_(-500.0)
+    x0 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+
+    terms = bound_terms(diffusion, x0, torch.Generator().manual_seed(0))
+
+    assert torch.isfinite(terms.elbo()).all()
