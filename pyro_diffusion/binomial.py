@@ -173,8 +173,7 @@ class BernoulliReverse(ReverseKernel):
     def __init__(self, forward_process, net, event_shape):
         super().__init__(forward_process, net, event_shape, num_outputs=1)
 
-    #: The bound on the magnitude of the logits, applied smoothly by
-    #: ``MAX_LOGIT * tanh(logits / MAX_LOGIT)``: probabilities stay within
+    #: The bound on the magnitude of the logits: probabilities stay within
     #: about ``1e-13`` of 0 and 1. Without it a confident network drives a
     #: probability to exactly 0 in float32, where torch's Bernoulli KL
     #: (torch 2.14) returns infinity.
@@ -186,7 +185,7 @@ class BernoulliReverse(ReverseKernel):
         beta = self.forward_process._gather("betas", t, x_t)
         probs = (x_t * (1 - beta) + 0.5 * beta).clamp(1e-6, 1 - 1e-6)
         logits = self.network_outputs(x_t, t)[0] + torch.logit(probs)
-        return self.MAX_LOGIT * torch.tanh(logits / self.MAX_LOGIT)
+        return logits.clamp(-self.MAX_LOGIT, self.MAX_LOGIT)
 
     def distribution(self, x_t, t):
         return dist.Bernoulli(logits=self.logits(x_t, t)).to_event(len(self.event_shape))
