@@ -173,11 +173,11 @@ class BernoulliReverse(ReverseKernel):
     def __init__(self, forward_process, net, event_shape):
         super().__init__(forward_process, net, event_shape, num_outputs=1)
 
-    #: The bound on the magnitude of the logits: probabilities stay within
-    #: about ``1e-13`` of 0 and 1. Without it a confident network drives a
-    #: probability to exactly 0 in float32, where torch's Bernoulli KL
-    #: (torch 2.14) returns infinity.
-    MAX_LOGIT = 30.0
+    #: The bound on the magnitude of the logits, so that probabilities stay
+    #: at least ``3e-7`` away from 0 and 1, where float32 rounds them to
+    #: exactly 0 or 1 and torch's Bernoulli KL (torch 2.14) returns infinity.
+    #: The floor costs at most about ``3e-7`` nats per bit and step.
+    MAX_LOGIT = 15.0
 
     def logits(self, x_t, t):
         """:returns: the logits of :math:`f_b`, shape of ``x_t``."""

@@ -180,6 +180,7 @@ def test_confident_network_keeps_kl_finite():
     diffusion = binomial_model(4, 2)
     with torch.no_grad():
         diffusion.reverse.net.output.bias.fill_(-500.0)
+        diffusion.reverse.net.output.bias[0] = 500.0
     x0 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
 
     terms = bound_terms(diffusion, x0, torch.Generator().manual_seed(0))
