@@ -187,7 +187,7 @@ MIN_SWISS_ROLL_NOISE = 1e-3
 DEFAULTS = {
     Dataset.DIGITS: {"timesteps": 1000, "steps": 6000, "hidden_dim": 256, "schedule": "paper", "beta_1": 0.15, "dropout": 0.3, "kernel": "epsilon"},
     Dataset.SWISS_ROLL: {"timesteps": 40, "steps": 5000, "hidden_dim": 128, "schedule": "log-snr", "beta_1": 1e-4, "dropout": 0.0, "kernel": "epsilon"},
-    Dataset.HEARTBEAT: {"timesteps": 2000, "steps": 8000, "hidden_dim": 64, "schedule": "paper", "kernel": "binomial", "dropout": 0.0},
+    Dataset.HEARTBEAT: {"timesteps": 2000, "steps": 16000, "hidden_dim": 128, "schedule": "paper", "kernel": "binomial", "dropout": 0.0},
     Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "log-snr", "beta_1": 1e-3, "dropout": 0.1, "kernel": "epsilon"},
 }
 
