@@ -3,12 +3,12 @@ Gradient variance per second of compute: TimestepELBO against Trace_ELBO on
 the full model/guide pair.
 
 Both estimate the gradient of the same bound. For each estimator the script
-draws many gradients on one fixed minibatch, and reports the total
-variance (the sum over parameters of the per-coordinate variance), the
-seconds per gradient, and the efficiency 1 / (variance * seconds): how much
-variance reduction one second of compute buys. It does so for an untrained
-network and after training, because per-step analytic KL lowers the
-variance only once the reverse kernel is close to the forward posterior.
+draws many gradients on one fixed minibatch. It reports the total variance
+(the sum over parameters of the per-coordinate variance), the seconds per
+gradient, and the efficiency 1 / (variance * seconds), which measures how
+much variance reduction one second of compute buys. It measures an
+untrained network and a trained one, because the two estimators' variances
+change differently as the reverse kernel approaches the forward posterior.
 
 Usage: python benchmarks/gradient_variance.py [--draws 100] [--timesteps 40 400]
 The results replace their section of docs/benchmarks.md.

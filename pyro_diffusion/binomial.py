@@ -20,13 +20,14 @@ import pyro.distributions as dist
 
 from .forward import as_time_tensor
 from .reverse import ReverseKernel
+from .schedules import gather_steps
 
 __all__ = ["BernoulliReverse", "BinomialForward", "binomial_betas"]
 
 
 def binomial_betas(num_steps):
     r"""
-    The schedule of [1] for binomial diffusion,
+    Build the schedule of [1] for binomial diffusion,
     :math:`\beta_t = 1 / (T - t + 1)`: each step erases a constant
     :math:`1/T` of the original signal, and :math:`\beta_T = 1`.
 
@@ -97,20 +98,15 @@ class BinomialForward(nn.Module):
     def _bernoulli(self, probs):
         return dist.Bernoulli(probs=probs).to_event(self.event_dim)
 
-    def _gather(self, name, t, like):
-        values = getattr(self, name)[t]
-        extra = like.dim() - values.dim()
-        return values.to(like.dtype).reshape(values.shape + (1,) * max(extra, 0))
-
     def step(self, x_prev, t):
         r""":math:`q(x_t \mid x_{t-1})` in [1]."""
         t = as_time_tensor(t, self.num_steps, device=x_prev.device)
-        beta = self._gather("betas", t, x_prev)
+        beta = gather_steps(self.betas, t, x_prev)
         return self._bernoulli(x_prev * (1 - beta) + 0.5 * beta)
 
     def marginal_probs(self, x0, t):
         r""":math:`q(x_t = 1 \mid x_0) = \bar\alpha_t x_0 + \tfrac{1}{2}(1 - \bar\alpha_t)`, ``t`` in ``0..T``."""
-        alpha_bar = self._gather("alphas_bar", t, x0)
+        alpha_bar = gather_steps(self.alphas_bar, t, x0)
         return alpha_bar * x0 + 0.5 * (1 - alpha_bar)
 
     def marginal(self, x0, t):
@@ -130,7 +126,7 @@ class BinomialForward(nn.Module):
         :math:`k_j = q(x_t \mid x_{t-1} = j)`.
         """
         t = as_time_tensor(t, self.num_steps, minimum=2, device=x_t.device)
-        beta = self._gather("betas", t, x_t)
+        beta = gather_steps(self.betas, t, x_t)
         prior_one = self.marginal_probs(x0, t - 1)
         flip = 0.5 * beta
         likelihood_one = x_t * (1 - flip) + (1 - x_t) * flip
@@ -139,7 +135,7 @@ class BinomialForward(nn.Module):
         return self._bernoulli(numerator / (numerator + likelihood_zero * (1 - prior_one)))
 
     def stationary(self, shape, dtype, device):
-        """The stationary distribution :math:`\\mathcal{B}(1/2)` with ``batch_shape + event_shape = shape``."""
+        """Return the stationary distribution :math:`\\mathcal{B}(1/2)` with ``batch_shape + event_shape = shape``."""
         return self._bernoulli(torch.full(shape, 0.5, dtype=dtype, device=device))
 
     def check_data(self, x0):
@@ -182,7 +178,7 @@ class BernoulliReverse(ReverseKernel):
     def logits(self, x_t, t):
         """:returns: the logits of :math:`f_b`, shape of ``x_t``."""
         t = self._time(t, x_t)
-        beta = self.forward_process._gather("betas", t, x_t)
+        beta = gather_steps(self.forward_process.betas, t, x_t)
         probs = (x_t * (1 - beta) + 0.5 * beta).clamp(1e-6, 1 - 1e-6)
         logits = self.network_outputs(x_t, t)[0] + torch.logit(probs)
         return logits.clamp(-self.MAX_LOGIT, self.MAX_LOGIT)

@@ -87,9 +87,9 @@ class BinnedNormal(dist.TorchDistribution):
         self.bin_width = (self.high - self.low) / self.num_bins
         super().__init__(self.loc.shape, validate_args=validate_args)
 
-    # The density lives on [low, high). The support is declared as the real
-    # line because float32 rounding puts some dequantized values a hair
-    # outside; log_prob assigns such values to the nearest end bin.
+    # The density lives on [low, high). Float32 rounding puts some dequantized
+    # values a hair outside, so the support is declared as the real line and
+    # log_prob assigns such values to the nearest end bin.
     support = constraints.real
 
     def expand(self, batch_shape, _instance=None):

@@ -75,7 +75,7 @@ class TimestepELBO(ELBO):
 
     def elbo_per_example(self, model, guide, *args, **kwargs):
         """
-        One draw of the estimate for each example, in nats.
+        Draw the estimate once for each example, in nats.
 
         :returns: shape ``[N]``, differentiable.
         :rtype: torch.Tensor

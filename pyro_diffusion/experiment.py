@@ -27,6 +27,7 @@ from .dequantize import UniformDequantization
 from .forward import GaussianForward
 from .model import DiffusionModel
 from .nets import MLP
+from .options import parse_option
 from .reverse import EpsilonReverse, PaperReverse, ReverseVariance
 from .schedules import BetaSchedule, ScheduleKind
 
@@ -40,15 +41,6 @@ __all__ = [
     "build_model",
     "prepare_data",
 ]
-
-
-def _parse(enum_type, value, what):
-    allowed = [kind.value for kind in enum_type]
-    if isinstance(value, enum_type):
-        return value
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
-    return enum_type(value)
 
 
 class Dataset(str, enum.Enum):
@@ -110,7 +102,7 @@ class RunConfig:
 
         :raises ValueError: naming the invalid value and the allowed ones.
         """
-        dataset = _parse(Dataset, self.dataset, "dataset")
+        dataset = parse_option(Dataset, self.dataset, "dataset")
         if dataset is Dataset.ARRAY and not self.data:
             raise ValueError("dataset 'array' needs a file: pass --data PATH")
         defaults = DEFAULTS[dataset]
@@ -119,7 +111,7 @@ class RunConfig:
         values = {k: (v if v is not None else defaults.get(k)) for k, v in dataclasses.asdict(self).items()}
         config = RunConfig(**values)
         ScheduleKind.parse(config.schedule)
-        _parse(KernelKind, config.kernel, "kernel")
+        parse_option(KernelKind, config.kernel, "kernel")
         ReverseVariance.parse(config.variance)
         if config.timestep_sampling not in ("uniform", "importance"):
             raise ValueError(
@@ -321,7 +313,7 @@ def prepare_data(config):
     array = array.reshape(len(array), -1).double()
     if config.levels is None and _looks_like_levels(array):
         logger.warning(
-            "%s holds only small non-negative integers; pass --levels K to model them as integer "
+            "%s contains only small non-negative integers; pass --levels K to model them as integer "
             "levels 0..K-1 with uniform dequantization",
             config.data,
         )

@@ -82,7 +82,7 @@ class GaussianForward(nn.Module):
 
     def step(self, x_prev, t):
         r"""
-        The one-step kernel :math:`q(x_t \mid x_{t-1})`, Eq. (19) in [1].
+        Return the one-step kernel :math:`q(x_t \mid x_{t-1})`, Eq. (19) in [1].
 
         :param torch.Tensor x_prev: :math:`x_{t-1}`, shape ``batch_shape + event_shape``.
         :param t: time steps in ``1..T``, shape ``batch_shape``.
@@ -95,7 +95,7 @@ class GaussianForward(nn.Module):
 
     def marginal(self, x0, t):
         r"""
-        The marginal :math:`q(x_t \mid x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)`,
+        Return the marginal :math:`q(x_t \mid x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)`,
         Eq. (4) in [2].
 
         :param torch.Tensor x0: data, shape ``batch_shape + event_shape``.
@@ -128,7 +128,7 @@ class GaussianForward(nn.Module):
 
     def posterior_mean_variance(self, x_t, x0, t):
         r"""
-        The mean and variance of :math:`q(x_{t-1} \mid x_t, x_0)`, Eq. (7) in [2]:
+        Compute the mean and variance of :math:`q(x_{t-1} \mid x_t, x_0)`, Eq. (7) in [2]:
 
         .. math::
 
@@ -151,7 +151,7 @@ class GaussianForward(nn.Module):
 
     def posterior(self, x_t, x0, t):
         r"""
-        The forward posterior :math:`q(x_{t-1} \mid x_t, x_0)` for ``t >= 2``.
+        Return the forward posterior :math:`q(x_{t-1} \mid x_t, x_0)` for ``t >= 2``.
         At ``t = 1`` it is a point mass at :math:`x_0` and has no density, so
         steps below 2 raise.
 
@@ -165,7 +165,7 @@ class GaussianForward(nn.Module):
         return self._normal(mean, variance)
 
     def stationary(self, shape, dtype, device):
-        """The stationary distribution, the standard normal, with ``batch_shape + event_shape = shape``."""
+        """Return the stationary distribution, the standard normal, with ``batch_shape + event_shape = shape``."""
         zeros = torch.zeros(shape, dtype=dtype, device=device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
 

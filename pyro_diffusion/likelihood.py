@@ -114,7 +114,7 @@ def bound_terms(diffusion, x0, generator=None):
 @torch.no_grad()
 def heldout_bound(diffusion, x0, batch_size=500, generator=None):
     """
-    The bound on held-out data in bits, as reported in Table 1 of [1].
+    Compute the bound on held-out data in bits, as reported in Table 1 of [1].
 
     :param DiffusionModel diffusion: the model.
     :param torch.Tensor x0: held-out data, shape ``[N] + event_shape``,
@@ -213,7 +213,7 @@ def importance_log_likelihood(diffusion, x0, num_samples, generator=None):
 @torch.no_grad()
 def heldout_importance_log_likelihood(diffusion, x0, num_samples, batch_size=100, generator=None):
     """
-    The importance-sampled log-likelihood of held-out data in bits.
+    Estimate the log-likelihood of held-out data in bits by importance sampling.
 
     :param DiffusionModel diffusion: the model.
     :param torch.Tensor x0: held-out data, shape ``[N] + event_shape``.

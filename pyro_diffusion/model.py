@@ -178,7 +178,7 @@ class DiffusionModel(PyroModule):
 
     def model(self, x0=None, num_samples=None):
         r"""
-        The reverse chain :math:`p(x_{0:T})`, Eq. (5) in [1].
+        Run the reverse chain :math:`p(x_{0:T})`, Eq. (5) in [1].
 
         :param torch.Tensor x0: data of shape ``[N] + event_shape``, observed at
             site ``"x_0"``; omit it to sample.
@@ -200,7 +200,7 @@ class DiffusionModel(PyroModule):
 
     def guide(self, x0=None, num_samples=None):
         r"""
-        The forward process :math:`q(x_{1:T} \mid x_0)` in the model's order,
+        Run the forward process :math:`q(x_{1:T} \mid x_0)` in the model's order,
         :math:`q(x_T \mid x_0) \prod_{t=2}^T q(x_{t-1} \mid x_t, x_0)`.
 
         :param torch.Tensor x0: data of shape ``[N] + event_shape``.

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 import pyro.distributions as dist
 
 from .forward import as_time_tensor
+from .options import parse_option
 
 __all__ = ["EpsilonReverse", "PaperReverse", "ReverseKernel", "ReverseVariance"]
 
@@ -44,14 +45,7 @@ class ReverseVariance(str, enum.Enum):
 
     @classmethod
     def parse(cls, value):
-        if isinstance(value, cls):
-            return value
-        allowed = [kind.value for kind in cls]
-        if value not in allowed:
-            raise ValueError(
-                f"unknown reverse variance {value!r}: use one of {', '.join(allowed)}"
-            )
-        return cls(value)
+        return parse_option(cls, value, "reverse variance")
 
 
 class ReverseKernel(nn.Module):
@@ -167,7 +161,7 @@ class EpsilonReverse(ReverseKernel):
 
     def predict_x0(self, x_t, t):
         r"""
-        The data predicted from the noise,
+        Predict the data from the predicted noise,
         :math:`\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\hat\epsilon) / \sqrt{\bar\alpha_t}`.
         Not clipped.
         """

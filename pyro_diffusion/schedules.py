@@ -2,12 +2,12 @@ r"""
 Beta schedules of the Gaussian forward process and the quantities derived
 from them.
 
-Every schedule is a float64 tensor ``betas`` of shape ``[T]`` holding
-:math:`\beta_1, \dots, \beta_T`. :class:`BetaSchedule` stores the derived
-quantities, each computed once in float64 and kept as its own buffer, so
-that casting a module with ``.float()`` or ``.half()`` rounds each stored
-value but never recomputes a difference such as :math:`1 - \bar\alpha_t`
-in low precision, where it would round to zero for small :math:`t`.
+Every schedule is a float64 tensor ``betas`` of shape ``[T]`` containing
+:math:`\beta_1, \dots, \beta_T`. :class:`BetaSchedule` computes each derived
+quantity once in float64 and keeps it as its own buffer. Casting a module
+with ``.float()`` or ``.half()`` then rounds each stored value but never
+recomputes a difference such as :math:`1 - \bar\alpha_t` in low precision,
+where it would round to zero for small :math:`t`.
 
 References
 
@@ -27,10 +27,13 @@ import math
 import torch
 from torch import nn
 
+from .options import parse_option
+
 __all__ = [
     "BetaSchedule",
     "ScheduleKind",
     "cosine_betas",
+    "gather_steps",
     "linear_betas",
     "log_snr_betas",
     "make_betas",
@@ -60,14 +63,7 @@ class ScheduleKind(str, enum.Enum):
 
         :raises ValueError: if ``value`` names no schedule.
         """
-        if isinstance(value, cls):
-            return value
-        allowed = [kind.value for kind in cls]
-        if value not in allowed:
-            raise ValueError(
-                f"unknown beta schedule {value!r}: use one of {', '.join(allowed)}"
-            )
-        return cls(value)
+        return parse_option(cls, value, "beta schedule")
 
 
 def _check_num_steps(num_steps):
@@ -107,7 +103,7 @@ def paper_betas(num_steps, beta_1=1e-2):
 
 def linear_betas(num_steps, start=1e-4, end=2e-2):
     r"""
-    The linear schedule of [2], rescaled so that ``T`` steps destroy as much
+    Build the linear schedule of [2], rescaled so that ``T`` steps destroy as much
     signal as 1000 steps do in [2]:
 
     .. math::
@@ -128,7 +124,7 @@ def linear_betas(num_steps, start=1e-4, end=2e-2):
 
 def cosine_betas(num_steps, offset=8e-3, max_beta=0.999):
     r"""
-    The cosine schedule of [3], Eq. (17):
+    Build the cosine schedule of [3], Eq. (17):
 
     .. math::
 
@@ -159,7 +155,7 @@ def cosine_betas(num_steps, offset=8e-3, max_beta=0.999):
 
 def log_snr_betas(num_steps, beta_1=1e-4, final_log_snr=-7.0):
     r"""
-    A schedule whose log signal-to-noise ratio
+    Build a schedule whose log signal-to-noise ratio
     :math:`\lambda_t = \log(\bar\alpha_t / (1 - \bar\alpha_t))` falls
     linearly in ``t``, the fixed schedule of [4] in discrete time:
 
@@ -240,6 +236,22 @@ def validate_betas(betas):
             "every step of a Gaussian diffusion needs 0 < beta_t < 1"
         )
     return betas
+
+
+def gather_steps(values, t, like):
+    """
+    Look up per-step ``values`` at the time steps ``t``, shaped to broadcast
+    against ``like``.
+
+    :param torch.Tensor values: shape ``[T + 1]``, indexed by ``t``.
+    :param torch.Tensor t: integer time steps of shape ``batch_shape``.
+    :param torch.Tensor like: shape ``batch_shape + event_shape``; the result
+        takes its dtype.
+    :returns: shape ``batch_shape + (1,) * len(event_shape)``.
+    """
+    picked = values[t]
+    extra = like.dim() - picked.dim()
+    return picked.to(like.dtype).reshape(picked.shape + (1,) * max(extra, 0))
 
 
 class BetaSchedule(nn.Module):
@@ -328,9 +340,7 @@ class BetaSchedule(nn.Module):
         :returns: shape ``batch_shape + (1,) * len(event_shape)``.
         :rtype: torch.Tensor
         """
-        values = getattr(self, name)[t]
-        extra = like.dim() - values.dim()
-        return values.to(like.dtype).reshape(values.shape + (1,) * max(extra, 0))
+        return gather_steps(getattr(self, name), t, like)
 
     def extra_repr(self):
         return f"num_steps={self.num_steps}"

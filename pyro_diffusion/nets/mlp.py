@@ -9,13 +9,14 @@ import enum
 import torch
 from torch import nn
 
+from ..options import parse_option
 from .temporal import GaussianBumps, SinusoidalEmbedding
 
 __all__ = ["MLP", "TimeConditioning"]
 
 
 class TimeConditioning(str, enum.Enum):
-    """How a network receives the time step."""
+    """The ways a network can receive the time step."""
 
     #: A sinusoidal embedding of ``t`` added inside every residual block.
     EMBEDDING = "embedding"
@@ -24,14 +25,7 @@ class TimeConditioning(str, enum.Enum):
 
     @classmethod
     def parse(cls, value):
-        if isinstance(value, cls):
-            return value
-        allowed = [kind.value for kind in cls]
-        if value not in allowed:
-            raise ValueError(
-                f"unknown time conditioning {value!r}: use one of {', '.join(allowed)}"
-            )
-        return cls(value)
+        return parse_option(cls, value, "time conditioning")
 
 
 class _Block(nn.Module):
