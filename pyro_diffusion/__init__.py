@@ -20,7 +20,7 @@ from .likelihood import (
 from .model import DiffusionModel
 from .nets import MLP
 from .reverse import EpsilonReverse, PaperReverse, ReverseKernel, ReverseVariance
-from .schedules import BetaSchedule, ScheduleKind, cosine_betas, linear_betas, make_betas, paper_betas
+from .schedules import BetaSchedule, LearnedBetaSchedule, ScheduleKind, cosine_betas, linear_betas, make_betas, paper_betas
 from .timesteps import ImportanceTimesteps, UniformTimesteps, subsample_timesteps
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "GaussianDecoder",
     "GaussianForward",
     "ImportanceTimesteps",
+    "LearnedBetaSchedule",
     "MLP",
     "NULL_BITS_PER_DIM",
     "PaperReverse",

@@ -20,7 +20,7 @@ from torch import nn
 
 import pyro.distributions as dist
 
-from .schedules import BetaSchedule
+from .schedules import BetaSchedule, LearnedBetaSchedule
 
 __all__ = ["GaussianForward", "as_time_tensor"]
 
@@ -60,14 +60,15 @@ class GaussianForward(nn.Module):
 
     whose stationary distribution is :math:`\mathcal{N}(0, I)`.
 
-    :param BetaSchedule schedule: the betas and their derived quantities.
+    :param schedule: the betas and their derived quantities, fixed or learned.
+    :type schedule: BetaSchedule or LearnedBetaSchedule
     :param int event_dim: the number of rightmost data dimensions that form
         one example (1 for vectors, 3 for images).
     """
 
     def __init__(self, schedule, event_dim=1):
         super().__init__()
-        if not isinstance(schedule, BetaSchedule):
+        if not isinstance(schedule, (BetaSchedule, LearnedBetaSchedule)):
             schedule = BetaSchedule(schedule)
         self.schedule = schedule
         self.event_dim = event_dim

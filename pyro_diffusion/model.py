@@ -101,18 +101,26 @@ class DiffusionModel(PyroModule):
     def event_dim(self):
         return len(self.event_shape)
 
-    def _register(self):
-        # The network's own tensors are the parameters. A tensor left in the
+    def _register(self, part="reverse"):
+        # The modules' own tensors are the parameters. A tensor left in the
         # global param store under the same name by an earlier model would
-        # otherwise be optimized in their place while this network never trains.
-        prefix = self._pyro_name + ".reverse"
+        # otherwise be optimized in their place while this model never trains.
+        # The model registers the reverse kernel (which reads the schedule
+        # through the forward process); the guide registers the forward
+        # process when its schedule is learned.
+        module = getattr(self, part)
+        prefix = f"{self._pyro_name}.{part}"
         store = pyro.get_param_store()
-        for name, parameter in self.reverse.named_parameters():
+        for name, parameter in module.named_parameters():
             full_name = param_with_module_name(prefix, name)
             if full_name in store and store.get_param(full_name) is not parameter:
                 logger.debug("replacing stale param store entry %s", full_name)
                 del store[full_name]
-        pyro.module(prefix, self.reverse)
+        pyro.module(prefix, module)
+
+    def _register_guide(self):
+        if any(True for _ in self.forward_process.parameters()):
+            self._register("forward_process")
 
     def _check_data(self, x0):
         if not torch.is_tensor(x0):
@@ -137,8 +145,11 @@ class DiffusionModel(PyroModule):
             raise ValueError("x0 contains NaN or infinite values: remove or impute them")
 
     def _dtype(self):
-        for parameter in self.reverse.parameters():
-            return parameter.dtype
+        # The network sets the data's dtype; a learned schedule keeps its
+        # parameters in float64 whatever the network's dtype.
+        for name, parameter in self.reverse.named_parameters():
+            if not name.startswith("forward_process."):
+                return parameter.dtype
         return torch.get_default_dtype()
 
     def _batch_size(self, x0, num_samples):
@@ -211,6 +222,7 @@ class DiffusionModel(PyroModule):
         if handler is not None:
             return self._timestep_guide(x0, handler)
         self._check_data(x0)
+        self._register_guide()
         forward = self.forward_process
         T = self.num_steps
         with pyro.plate("data", x0.shape[0]):
@@ -245,6 +257,7 @@ class DiffusionModel(PyroModule):
 
     def _timestep_guide(self, x0, handler):
         self._check_data(x0)
+        self._register_guide()
         forward = self.forward_process
         T = self.num_steps
         batch_size = x0.shape[0]

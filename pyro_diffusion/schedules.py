@@ -26,11 +26,13 @@ import math
 
 import torch
 from torch import nn
+from torch.distributions import biject_to, constraints
 
 from .options import parse_option
 
 __all__ = [
     "BetaSchedule",
+    "LearnedBetaSchedule",
     "ScheduleKind",
     "cosine_betas",
     "gather_steps",
@@ -38,6 +40,7 @@ __all__ = [
     "log_snr_betas",
     "make_betas",
     "paper_betas",
+    "schedule_tables",
     "validate_betas",
 ]
 
@@ -254,6 +257,72 @@ def gather_steps(values, t, like):
     return picked.to(like.dtype).reshape(picked.shape + (1,) * max(extra, 0))
 
 
+#: The names of the per-step tables of a schedule, each of shape ``[T + 1]``.
+TABLE_NAMES = (
+    "betas",
+    "log_betas",
+    "alphas_bar",
+    "one_minus_alphas_bar",
+    "sqrt_alphas",
+    "sqrt_alphas_bar",
+    "sqrt_one_minus_alphas_bar",
+    "posterior_variance",
+    "log_posterior_variance_clipped",
+    "logit_betas",
+    "posterior_coef_x0",
+    "posterior_coef_xt",
+)
+
+
+def schedule_tables(betas):
+    r"""
+    Compute the per-step quantities of a schedule from :math:`\beta_{1..T}`.
+
+    Every operation is differentiable, so a learned schedule passes
+    gradients from each table back to its betas. Index 0 of each table contains
+    the identity step, :math:`\beta_0 = 0` and :math:`\bar\alpha_0 = 1`.
+
+    :param torch.Tensor betas: shape ``[T]``, values in ``(0, 1)``, float64.
+    :returns: a dict from each name in :data:`TABLE_NAMES` to a tensor of
+        shape ``[T + 1]``; :class:`BetaSchedule` describes each.
+    :rtype: dict
+    """
+    zero = betas.new_zeros(1)
+    betas = torch.cat([zero, betas])
+    log_alphas_bar = torch.cumsum(torch.log1p(-betas), 0)
+    alphas_bar = log_alphas_bar.exp()
+    one_minus_alphas_bar = -torch.expm1(log_alphas_bar)
+    # Eq. (7) in [2]: the forward posterior q(x_{t-1} | x_t, x_0).
+    previous_one_minus = torch.cat([zero, one_minus_alphas_bar[:-1]])
+    previous_alphas_bar = torch.cat([betas.new_ones(1), alphas_bar[:-1]])
+    is_step = torch.arange(len(betas), device=betas.device) > 0
+    safe_denominator = torch.where(is_step, one_minus_alphas_bar, torch.ones_like(betas))
+    posterior_variance = betas * previous_one_minus / safe_denominator
+    # The reverse variance at t = 1 cannot fall to the zero posterior
+    # variance, so its lower bound there is the next step's, as in [3].
+    second = posterior_variance[2:3] if len(betas) > 2 else betas[1:2]
+    variance_clipped = torch.cat([betas.new_ones(1), second, posterior_variance[2:]])
+    betas_safe = torch.where(is_step, betas, torch.full_like(betas, 0.5))
+    log_betas = betas_safe.log()
+    # sqrt has an infinite derivative at the identity step's zero, which
+    # would turn the zero gradient there into NaN.
+    sqrt_one_minus = torch.where(is_step, safe_denominator.sqrt(), torch.zeros_like(betas))
+    return {
+        "betas": betas,
+        "log_betas": log_betas,
+        "alphas_bar": alphas_bar,
+        "one_minus_alphas_bar": one_minus_alphas_bar,
+        "sqrt_alphas": (1 - betas).sqrt(),
+        "sqrt_alphas_bar": alphas_bar.sqrt(),
+        "sqrt_one_minus_alphas_bar": sqrt_one_minus,
+        "posterior_variance": posterior_variance,
+        "log_posterior_variance_clipped": variance_clipped.log(),
+        "logit_betas": log_betas - torch.log1p(-betas_safe),
+        "posterior_coef_x0": previous_alphas_bar.sqrt() * betas / safe_denominator,
+        "posterior_coef_xt": (1 - betas).sqrt() * previous_one_minus / safe_denominator,
+    }
+
+
 class BetaSchedule(nn.Module):
     r"""
     A fixed beta schedule and its derived quantities as buffers of shape
@@ -281,44 +350,10 @@ class BetaSchedule(nn.Module):
 
     def __init__(self, betas):
         super().__init__()
-        betas = validate_betas(betas)
-        zero = betas.new_zeros(1)
-        betas = torch.cat([zero, betas])
-        log_alphas = torch.log1p(-betas)
-        log_alphas_bar = torch.cumsum(log_alphas, 0)
-        alphas_bar = log_alphas_bar.exp()
-        one_minus_alphas_bar = -torch.expm1(log_alphas_bar)
-        # Eq. (7) in [2]: the forward posterior q(x_{t-1} | x_t, x_0).
-        previous_one_minus = torch.cat([zero, one_minus_alphas_bar[:-1]])
-        previous_alphas_bar = torch.cat([betas.new_ones(1), alphas_bar[:-1]])
-        safe_denominator = torch.where(
-            one_minus_alphas_bar > 0, one_minus_alphas_bar, torch.ones_like(betas)
-        )
-        posterior_variance = betas * previous_one_minus / safe_denominator
-        posterior_coef_x0 = previous_alphas_bar.sqrt() * betas / safe_denominator
-        posterior_coef_xt = (1 - betas).sqrt() * previous_one_minus / safe_denominator
-
-        # The reverse variance at t = 1 cannot fall to the zero posterior
-        # variance, so its lower bound there is the next step's, as in [3].
-        variance_clipped = posterior_variance.clone()
-        variance_clipped[0] = 1.0
-        variance_clipped[1] = posterior_variance[2] if len(betas) > 2 else betas[1]
-        log_variance_clipped = variance_clipped.log()
-        betas_safe = torch.where(betas > 0, betas, torch.full_like(betas, 0.5))
-
-        self.num_steps = len(betas) - 1
-        self.register_buffer("betas", betas)
-        self.register_buffer("log_betas", betas_safe.log())
-        self.register_buffer("alphas_bar", alphas_bar)
-        self.register_buffer("one_minus_alphas_bar", one_minus_alphas_bar)
-        self.register_buffer("sqrt_alphas", (1 - betas).sqrt())
-        self.register_buffer("sqrt_alphas_bar", alphas_bar.sqrt())
-        self.register_buffer("sqrt_one_minus_alphas_bar", one_minus_alphas_bar.sqrt())
-        self.register_buffer("posterior_variance", posterior_variance)
-        self.register_buffer("log_posterior_variance_clipped", log_variance_clipped)
-        self.register_buffer("logit_betas", torch.log(betas_safe) - torch.log1p(-betas_safe))
-        self.register_buffer("posterior_coef_x0", posterior_coef_x0)
-        self.register_buffer("posterior_coef_xt", posterior_coef_xt)
+        tables = schedule_tables(validate_betas(betas))
+        self.num_steps = len(tables["betas"]) - 1
+        for name, value in tables.items():
+            self.register_buffer(name, value)
 
     @classmethod
     def from_name(cls, kind, num_steps, **kwargs):
@@ -344,3 +379,85 @@ class BetaSchedule(nn.Module):
 
     def extra_repr(self):
         return f"num_steps={self.num_steps}"
+
+
+class LearnedBetaSchedule(nn.Module):
+    r"""
+    A beta schedule learned by SVI together with the reverse process, as in
+    [1], Section 2.4.1: :math:`\beta_1` stays fixed, and
+    :math:`\beta_2, \dots, \beta_T` are parameters kept inside ``(0, 1)`` by
+    Pyro's ``unit_interval`` constraint,
+
+    .. math::
+
+        \beta_t = \mathrm{sigmoid}(u_t), \quad t = 2, \dots, T,
+
+    with the unconstrained values :math:`u_t` stored in the parameter
+    ``unconstrained_betas`` of shape ``[T - 1]``. The forward process (the
+    guide) reads the schedule, so the betas are parameters of the guide.
+    Because the guide's samples are reparameterized (the "frozen noise" of
+    [1]), the gradient of the bound reaches the betas through every site.
+
+    The derived tables of :class:`BetaSchedule` are attributes of the same
+    names, recomputed in float64 from the current parameters on each access
+    so that their gradients flow back to :math:`u`.
+
+    :param torch.Tensor initial_betas: shape ``[T]``, the starting
+        schedule, values in ``(0, 1)``; its first value is the fixed
+        :math:`\beta_1`.
+    """
+
+    #: Keeps a learned beta below 1 in float64, where sigmoid rounds to 1
+    #: for inputs above about 37.
+    max_beta = 1.0 - 1e-9
+
+    def __init__(self, initial_betas):
+        super().__init__()
+        initial_betas = validate_betas(initial_betas)
+        self.num_steps = len(initial_betas)
+        self.register_buffer("first_beta", initial_betas[:1].clone())
+        transform = biject_to(constraints.unit_interval)
+        rest = initial_betas[1:].clamp(max=self.max_beta)
+        self.unconstrained_betas = nn.Parameter(transform.inv(rest).clone())
+
+    @classmethod
+    def from_name(cls, kind, num_steps, **kwargs):
+        """
+        Start a learned schedule from a fixed one; see :func:`make_betas`.
+        """
+        return cls(make_betas(kind, num_steps, **kwargs))
+
+    def current_betas(self):
+        r"""
+        :returns: :math:`\beta_1, \dots, \beta_T`, shape ``[T]``, float64,
+            differentiable in ``unconstrained_betas``.
+        """
+        transform = biject_to(constraints.unit_interval)
+        rest = transform(self.unconstrained_betas.double()).clamp(max=self.max_beta)
+        return torch.cat([self.first_beta.double(), rest])
+
+    def tables(self):
+        """
+        :returns: every table of :class:`BetaSchedule` for the current betas,
+            a dict of float64 tensors of shape ``[T + 1]``.
+        """
+        return schedule_tables(self.current_betas())
+
+    def __getattr__(self, name):
+        if name in TABLE_NAMES:
+            return self.tables()[name]
+        return super().__getattr__(name)
+
+    def gather(self, name, t, like):
+        """Look up the table ``name`` at ``t``; see :meth:`BetaSchedule.gather`."""
+        return gather_steps(self.tables()[name], t, like)
+
+    def frozen(self):
+        """
+        :returns: a :class:`BetaSchedule` holding the current betas as fixed buffers.
+        """
+        with torch.no_grad():
+            return BetaSchedule(self.current_betas())
+
+    def extra_repr(self):
+        return f"num_steps={self.num_steps}, learned=beta_2..beta_{self.num_steps}"
