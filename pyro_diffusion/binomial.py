@@ -11,7 +11,12 @@ References
 
 [1] J. Sohl-Dickstein et al., "Deep Unsupervised Learning using
     Nonequilibrium Thermodynamics", 2015.
+[2] J. Austin, D. D. Johnson, J. Ho, D. Tarlow, R. van den Berg,
+    "Structured Denoising Diffusion Models in Discrete State-Spaces", 2021.
 """
+
+import enum
+import math
 
 import torch
 from torch import nn
@@ -19,10 +24,11 @@ from torch import nn
 import pyro.distributions as dist
 
 from .forward import as_time_tensor
+from .options import parse_option
 from .reverse import ReverseKernel
 from .schedules import gather_steps
 
-__all__ = ["BernoulliReverse", "BinomialForward", "binomial_betas"]
+__all__ = ["BernoulliPrediction", "BernoulliReverse", "BinomialForward", "binomial_betas"]
 
 
 def binomial_betas(num_steps):
@@ -146,28 +152,61 @@ class BinomialForward(nn.Module):
         return f"num_steps={self.num_steps}, event_dim={self.event_dim}"
 
 
+class BernoulliPrediction(str, enum.Enum):
+    """The quantity that the network of :class:`BernoulliReverse` predicts."""
+
+    #: A perturbation of the forward kernel's logit, as in [1].
+    FLIP = "flip"
+    #: The probability that each bit of :math:`x_0` is 1, mixed through the
+    #: forward posterior, as in [2].
+    X0 = "x0"
+
+    @classmethod
+    def parse(cls, value):
+        return parse_option(cls, value, "Bernoulli prediction")
+
+
 class BernoulliReverse(ReverseKernel):
     r"""
-    The binomial reverse kernel of [1]:
-    :math:`p(x_{t-1} \mid x_t) = \mathcal{B}(f_b(x_t, t))` with
+    The binomial reverse kernel :math:`p(x_{t-1} \mid x_t) = \mathcal{B}(f_b(x_t, t))`,
+    factorized over bits, with one of two parameterizations of :math:`f_b`
+    by the network output :math:`z(x_t, t)`:
 
-    .. math::
+    - ``"flip"``, the kernel of [1]: a zero output gives the forward
+      kernel's flip probabilities,
 
-        \mathrm{logit} f_b(x_t, t) = z(x_t, t)
-            + \mathrm{logit}\left(x_t(1 - \beta_t) + \tfrac{1}{2}\beta_t\right),
+      .. math::
 
-    so that a zero network output gives the forward kernel's flip
-    probabilities. At ``t = 1`` it is the distribution of the data.
+          \mathrm{logit} f_b = z + \mathrm{logit}\left(x_t(1 - \beta_t) + \tfrac{1}{2}\beta_t\right).
+
+    - ``"x0"``: :math:`s = \mathrm{sigmoid}(z)` predicts
+      :math:`q(x_0 = 1 \mid x_t)` bit by bit, and the kernel mixes the
+      forward posterior over it, as [2] does for categorical data,
+
+      .. math::
+
+          f_b = s\, q(x_{t-1} = 1 \mid x_t, x_0 = 1)
+              + (1 - s)\, q(x_{t-1} = 1 \mid x_t, x_0 = 0).
+
+      The best factorized kernel, the product of the marginals of the
+      true :math:`q(x_{t-1} \mid x_t)`, has exactly this form with
+      :math:`s` the true marginal :math:`q(x_{0,i} = 1 \mid x_t)`, so a
+      network that predicts those marginals reaches it. At ``t = 1``,
+      :math:`f_b = s`.
+
+    At ``t = 1`` the kernel is the distribution of the data.
 
     :param BinomialForward forward_process: the forward process.
     :param torch.nn.Module net: outputs ``[N, D]``.
     :param event_shape: the shape of one example.
+    :param prediction: ``"flip"`` or ``"x0"``; see :class:`BernoulliPrediction`.
     """
 
     has_gaussian_steps = False
 
-    def __init__(self, forward_process, net, event_shape):
+    def __init__(self, forward_process, net, event_shape, prediction="flip"):
         super().__init__(forward_process, net, event_shape, num_outputs=1)
+        self.prediction = BernoulliPrediction.parse(prediction)
 
     #: The bound on the magnitude of the logits, so that probabilities stay
     #: at least ``3e-7`` away from 0 and 1, where float32 rounds them to
@@ -178,10 +217,37 @@ class BernoulliReverse(ReverseKernel):
     def logits(self, x_t, t):
         """:returns: the logits of :math:`f_b`, shape of ``x_t``."""
         t = self._time(t, x_t)
-        beta = gather_steps(self.forward_process.betas, t, x_t)
-        probs = (x_t * (1 - beta) + 0.5 * beta).clamp(1e-6, 1 - 1e-6)
-        logits = self.network_outputs(x_t, t)[0] + torch.logit(probs)
+        out = self.network_outputs(x_t, t)[0]
+        if self.prediction is BernoulliPrediction.FLIP:
+            beta = gather_steps(self.forward_process.betas, t, x_t)
+            probs = (x_t * (1 - beta) + 0.5 * beta).clamp(1e-6, 1 - 1e-6)
+            logits = out + torch.logit(probs)
+        else:
+            logits = self._mixed_logits(x_t, t, out)
         return logits.clamp(-self.MAX_LOGIT, self.MAX_LOGIT)
+
+    def _mixed_logits(self, x_t, t, out):
+        forward = self.forward_process
+        # q(x_{t-1} = 1 | x_t, x_0 = j) for j = 0, 1 by Bayes' rule, in log space.
+        beta = gather_steps(forward.betas, t, x_t)
+        alpha_bar = gather_steps(forward.alphas_bar, t - 1, x_t)
+        flip = 0.5 * beta
+        log_keep, log_flip = torch.log1p(-flip), torch.log(flip)
+        # log q(x_t | x_{t-1} = 1) and log q(x_t | x_{t-1} = 0)
+        log_lik_one = torch.where(x_t > 0.5, log_keep, log_flip)
+        log_lik_zero = torch.where(x_t > 0.5, log_flip, log_keep)
+        # log q(x_{t-1} = v | x_0 = j): the larger mass (1 + alpha_bar) / 2 when v = j.
+        log_same = torch.log1p(alpha_bar) - math.log(2.0)
+        log_other = torch.log1p(-alpha_bar) - math.log(2.0)
+        logit_given_one = (log_lik_one + log_same) - (log_lik_zero + log_other)
+        logit_given_zero = (log_lik_one + log_other) - (log_lik_zero + log_same)
+        # At t = 1, alpha_bar_0 = 1: x_{t-1} = x_0 exactly, and f_b = s.
+        first = t.reshape(t.shape + (1,) * (x_t.dim() - t.dim())) == 1
+        given_one = torch.where(first, torch.ones_like(x_t), torch.sigmoid(logit_given_one))
+        given_zero = torch.where(first, torch.zeros_like(x_t), torch.sigmoid(logit_given_zero))
+        s = torch.sigmoid(out)
+        probs = s * given_one + (1 - s) * given_zero
+        return torch.logit(probs.clamp(1e-7, 1 - 1e-7))
 
     def distribution(self, x_t, t):
         return dist.Bernoulli(logits=self.logits(x_t, t)).to_event(len(self.event_shape))

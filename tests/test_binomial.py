@@ -17,14 +17,14 @@ from pyro_diffusion.model import DiffusionModel
 from pyro_diffusion.nets import MLP
 
 
-def binomial_model(num_steps, dim, seed=0, width=16):
+def binomial_model(num_steps, dim, seed=0, width=16, prediction="flip"):
     torch.manual_seed(seed)
     forward = BinomialForward(num_steps=num_steps)
     net = MLP(dim, dim, num_steps, hidden_dim=width, num_blocks=1)
     # Random readout weights, so the kernel differs from the forward process.
     torch.nn.init.normal_(net.output.weight, std=0.5)
     torch.nn.init.normal_(net.output.bias, std=0.5)
-    return DiffusionModel(forward, BernoulliReverse(forward, net, (dim,)))
+    return DiffusionModel(forward, BernoulliReverse(forward, net, (dim,), prediction=prediction))
 
 
 def test_schedule_ends_at_one():
@@ -87,8 +87,9 @@ def _trace_elbo_mean(diffusion, x0, particles):
     return -elbo.loss(diffusion.model, diffusion.guide, x0)
 
 
-def test_timestep_elbo_mean_matches_trace_elbo():
-    diffusion = binomial_model(5, 3)
+@pytest.mark.parametrize("prediction", ["flip", "x0"])
+def test_timestep_elbo_mean_matches_trace_elbo(prediction):
+    diffusion = binomial_model(5, 3, prediction=prediction)
     x0 = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
 
     trace_draws = torch.tensor([_trace_elbo_mean(diffusion, x0, 1) for _ in range(3000)])
@@ -121,8 +122,9 @@ def _enumerated(diffusion, x0):
     return elbo.sum(), torch.logsumexp(torch.stack(joint_terms), 0).sum()
 
 
-def test_bound_below_enumerated_likelihood():
-    diffusion = binomial_model(3, 2)
+@pytest.mark.parametrize("prediction", ["flip", "x0"])
+def test_bound_below_enumerated_likelihood(prediction):
+    diffusion = binomial_model(3, 2, prediction=prediction)
     x0 = torch.tensor([[1.0, 0.0]])
 
     exact_elbo, exact_log_p = _enumerated(diffusion, x0)
@@ -134,8 +136,9 @@ def test_bound_below_enumerated_likelihood():
     assert float(exact_elbo.detach()) < float(exact_log_p.detach())
 
 
-def test_trace_elbo_gradient_matches_enumeration():
-    diffusion = binomial_model(3, 1)
+@pytest.mark.parametrize("prediction", ["flip", "x0"])
+def test_trace_elbo_gradient_matches_enumeration(prediction):
+    diffusion = binomial_model(3, 1, prediction=prediction)
     x0 = torch.tensor([[1.0]])
     parameter = diffusion.reverse.net.output.bias
 
@@ -186,3 +189,52 @@ def test_confident_network_keeps_kl_finite():
     terms = bound_terms(diffusion, x0, torch.Generator().manual_seed(0))
 
     assert torch.isfinite(terms.elbo()).all()
+
+
+class _ConstantNet(torch.nn.Module):
+    """Outputs fixed per-example values whatever x_t and t are."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def forward(self, x, t):
+        return self.values.expand(x.shape)
+
+
+@settings(max_examples=30, deadline=None)
+@given(num_steps=st.integers(2, 40), data=st.data())
+def test_x0_prediction_of_known_data_is_forward_posterior(num_steps, data):
+    # A network certain of x_0 turns the x0 kernel into q(x_{t-1} | x_t, x_0).
+    forward = BinomialForward(num_steps=num_steps)
+    t = data.draw(st.integers(2, num_steps))
+    x0 = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    x_t = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    net = _ConstantNet(30.0 * (2 * x0 - 1))
+    kernel = BernoulliReverse(forward, net, (4,), prediction="x0")
+
+    probs = kernel.distribution(x_t, torch.tensor(t)).base_dist.probs
+    expected = forward.posterior(x_t, x0, torch.tensor(t)).base_dist.probs
+
+    torch.testing.assert_close(probs, expected.float(), atol=2e-6, rtol=1e-4)
+
+
+def test_x0_prediction_mixes_posteriors_and_is_data_at_step_one():
+    forward = BinomialForward(num_steps=6)
+    s = torch.tensor([[0.2, 0.7, 0.5]])
+    kernel = BernoulliReverse(forward, _ConstantNet(torch.logit(s)), (3,), prediction="x0")
+    x_t = torch.tensor([[1.0, 0.0, 1.0]])
+    t = torch.tensor(4)
+
+    probs = kernel.distribution(x_t, t).base_dist.probs
+    given_one = forward.posterior(x_t, torch.ones(1, 3), t).base_dist.probs
+    given_zero = forward.posterior(x_t, torch.zeros(1, 3), t).base_dist.probs
+    torch.testing.assert_close(probs, s * given_one + (1 - s) * given_zero)
+    first = kernel.distribution(x_t, torch.tensor(1)).base_dist.probs
+    torch.testing.assert_close(first, s)
+
+
+def test_unknown_prediction_raises():
+    forward = BinomialForward(num_steps=3)
+    with pytest.raises(ValueError, match="x0"):
+        BernoulliReverse(forward, _ConstantNet(torch.zeros(1, 2)), (2,), prediction="x1")
