@@ -1,6 +1,7 @@
 """Reverse-process networks."""
 
 from .mlp import MLP, TimeConditioning
+from .multiscale import MultiScaleConvNet
 from .temporal import GaussianBumps, SinusoidalEmbedding
 
-__all__ = ["GaussianBumps", "MLP", "SinusoidalEmbedding", "TimeConditioning"]
+__all__ = ["GaussianBumps", "MLP", "MultiScaleConvNet", "SinusoidalEmbedding", "TimeConditioning"]
