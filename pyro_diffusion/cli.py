@@ -22,6 +22,7 @@ from .experiment import (
     RunConfig,
     baseline_bits_per_dim,
     build_model,
+    parse_schedule,
     prepare_data,
     save_atomic,
     write_json,
@@ -49,7 +50,9 @@ def _parser():
 
     train = commands.add_parser("train", help="train a model and write a run folder")
     train.add_argument(
-        "--dataset", default=None, help="digits (default), swiss-roll, heartbeat, or array with --data"
+        "--dataset",
+        default=None,
+        help="digits (default), swiss-roll, heartbeat, dead-leaves, textures, or array with --data",
     )
     train.add_argument("--data", default=None, help="a .npy or .pt array of your own, examples on the first axis")
     train.add_argument("--out", default=None, help="the run folder (default: runs/DATASET)")
@@ -57,8 +60,15 @@ def _parser():
     train.add_argument("--timesteps", type=int, default=None, help="the number of diffusion steps T")
     train.add_argument("--batch-size", type=int, default=128, help="examples per SVI step")
     train.add_argument("--learning-rate", type=float, default=2e-3, help="Adam's initial learning rate")
-    train.add_argument("--hidden-dim", type=int, default=None, help="the width of the MLP")
-    train.add_argument("--schedule", default=None, help="the beta schedule: paper, linear, cosine or log-snr")
+    train.add_argument(
+        "--network",
+        default=None,
+        help="the reverse network: mlp, or conv (the paper's multi-scale convolutional network, for images); default per data set",
+    )
+    train.add_argument(
+        "--hidden-dim", type=int, default=None, help="the network's width: hidden units of the MLP, channels of the conv network"
+    )
+    train.add_argument("--schedule", default=None, help="the beta schedule: paper, linear, cosine, log-snr, or learned (beta_2..beta_T trained with the model from the paper schedule; learned-KIND starts from KIND, e.g. learned-log-snr)")
     train.add_argument("--beta-1", type=float, default=None, help="the first step's variance for the paper and log-snr schedules")
     train.add_argument("--dropout", type=float, default=None, help="the dropout probability in the MLP's blocks")
     train.add_argument(
@@ -68,6 +78,11 @@ def _parser():
         "--kernel",
         default=None,
         help="the reverse kernel: epsilon or paper (Gaussian), binomial (binary data); default per data set",
+    )
+    train.add_argument(
+        "--prediction",
+        default=None,
+        help="what the binomial kernel's network predicts: x0 (default, the bits of x_0) or flip (the paper's logit perturbation)",
     )
     train.add_argument("--variance", default=None, help="the epsilon kernel's variance: small, large or learned (default learned)")
     train.add_argument(
@@ -79,6 +94,9 @@ def _parser():
         type=int,
         default=None,
         help="treat --data as integer levels 0..K-1 (e.g. 256 for 8-bit images), uniformly dequantized",
+    )
+    train.add_argument(
+        "--image-size", type=int, default=None, help="the side in pixels of the dead-leaves and texture images (default 16)"
     )
     train.add_argument("--seed", type=int, default=0, help="the seed of the split, the weights and the training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
@@ -134,16 +152,19 @@ def _config_from_args(args):
         schedule=args.schedule,
         beta_1=args.beta_1,
         kernel=args.kernel,
+        network=args.network,
         variance=args.variance if args.variance is not None else "learned",
+        prediction=args.prediction,
         timestep_sampling=args.timestep_sampling,
         noise=args.noise if args.noise is not None else 0.05,
         levels=args.levels,
+        image_size=args.image_size,
         seed=args.seed,
     )
     config = config.resolved()
-    if args.beta_1 is not None and config.schedule not in ("paper", "log-snr"):
+    if args.beta_1 is not None and parse_schedule(config.schedule)[0].value not in ("paper", "log-snr"):
         raise UsageError(
-            f"--beta-1 applies to the paper and log-snr schedules, not --schedule {config.schedule}: drop it"
+            f"--beta-1 applies to the paper and log-snr schedules, learned or fixed, not --schedule {config.schedule}: drop it"
         )
     if args.variance is not None and config.kernel != "epsilon":
         raise UsageError(f"--variance applies to --kernel epsilon, not {config.kernel}: drop it")
@@ -179,7 +200,7 @@ def _load_run(run_dir):
         heldout = torch.load(heldout_path, weights_only=True)
         data = PreparedData.from_state_dict(checkpoint["data"], heldout)
         decoder = data.dequantization.decoder() if data.dequantization else None
-        diffusion = build_model(config, heldout.shape[1], decoder)
+        diffusion = build_model(config, heldout.shape[1], decoder, data.example_shape)
         # Sampling and evaluation use the moving-average weights where training kept them.
         ema = checkpoint["trainer"].get("ema")
         diffusion.load_state_dict(ema["shadow"] if ema else checkpoint["trainer"]["model"])
@@ -299,7 +320,10 @@ def _save_samples(diffusion, data, png_path, num_samples, seed):
     heldout = data.to_data_units(data.heldout)
     if data.image_shape is not None:
         levels = data.dequantization.num_levels if data.dequantization else None
-        save_image_comparison(samples, heldout, png_path, num_levels=levels)
+        shape = tuple(data.image_shape)
+        save_image_comparison(
+            samples.reshape((len(samples),) + shape), heldout.reshape((len(heldout),) + shape), png_path, num_levels=levels
+        )
         return samples, True
     if samples.dim() == 2 and samples.shape[1] == 2:
         save_scatter_comparison(samples, heldout, png_path)
@@ -344,7 +368,7 @@ def _train(args):
     # The seed fixes the initial weights as well as the training draws.
     torch.manual_seed(config.seed)
     decoder = prepared.dequantization.decoder() if prepared.dequantization else None
-    diffusion = build_model(config, prepared.dim, decoder)
+    diffusion = build_model(config, prepared.dim, decoder, prepared.example_shape)
     trainer = Trainer(diffusion, prepared, config)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])

@@ -21,21 +21,22 @@ import torch
 
 from . import data as datasets
 from .baselines import categorical_baseline_bits_per_dim
-from .binomial import BernoulliReverse, BinomialForward
+from .binomial import BernoulliPrediction, BernoulliReverse, BinomialForward
 from .decoders import BinnedDecoder
 from .dequantize import UniformDequantization
 from .forward import GaussianForward
 from .model import DiffusionModel
-from .nets import MLP
+from .nets import MLP, MultiScaleConvNet
 from .options import parse_option
 from .reverse import EpsilonReverse, PaperReverse, ReverseVariance
-from .schedules import BetaSchedule, ScheduleKind
+from .schedules import BetaSchedule, LearnedBetaSchedule, ScheduleKind
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Dataset",
     "KernelKind",
+    "NetworkKind",
     "PreparedData",
     "RunConfig",
     "build_model",
@@ -52,8 +53,21 @@ class Dataset(str, enum.Enum):
     SWISS_ROLL = "swiss-roll"
     #: Binary sequences of length 20 with a 1 every fifth bin at a random phase.
     HEARTBEAT = "heartbeat"
+    #: Dead-leaves images of occluding disks, quantized to 8-bit gray levels.
+    DEAD_LEAVES = "dead-leaves"
+    #: Patches of scikit-image's brick, grass and gravel photographs, 8-bit.
+    TEXTURES = "textures"
     #: A user's own array, given by ``--data``.
     ARRAY = "array"
+
+
+class NetworkKind(str, enum.Enum):
+    """The reverse network."""
+
+    #: The residual MLP, for any data.
+    MLP = "mlp"
+    #: The multi-scale convolutional network of Sohl-Dickstein et al., for images.
+    CONV = "conv"
 
 
 class KernelKind(str, enum.Enum):
@@ -89,10 +103,13 @@ class RunConfig:
     schedule: Optional[str] = None
     beta_1: Optional[float] = None
     kernel: Optional[str] = None
+    network: Optional[str] = None
     variance: str = "learned"
+    prediction: Optional[str] = None
     timestep_sampling: str = "importance"
     noise: float = 0.05
     levels: Optional[int] = None
+    image_size: Optional[int] = None
     seed: int = 0
 
     def resolved(self):
@@ -110,9 +127,20 @@ class RunConfig:
             defaults = LEVEL_ARRAY_DEFAULTS
         values = {k: (v if v is not None else defaults.get(k)) for k, v in dataclasses.asdict(self).items()}
         config = RunConfig(**values)
-        ScheduleKind.parse(config.schedule)
+        parse_schedule(config.schedule)
         parse_option(KernelKind, config.kernel, "kernel")
+        if config.network is None:
+            config = dataclasses.replace(config, network=NetworkKind.MLP.value)
+        parse_option(NetworkKind, config.network, "network")
         ReverseVariance.parse(config.variance)
+        if config.prediction is not None:
+            BernoulliPrediction.parse(config.prediction)
+            if config.kernel != KernelKind.BINOMIAL.value:
+                raise ValueError(
+                    f"prediction applies to the binomial kernel, not kernel {config.kernel!r}: drop it"
+                )
+        elif config.kernel == KernelKind.BINOMIAL.value:
+            config = dataclasses.replace(config, prediction=BernoulliPrediction.X0.value)
         if config.timestep_sampling not in ("uniform", "importance"):
             raise ValueError(
                 f"unknown timestep sampling {config.timestep_sampling!r}: use one of uniform, importance"
@@ -122,6 +150,12 @@ class RunConfig:
             minimum = 0 if name in ("steps", "num_blocks") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if config.image_size is not None:
+            if dataset not in IMAGE_DATASETS:
+                names = ", ".join(d.value for d in IMAGE_DATASETS)
+                raise ValueError(f"image_size applies to the generated images ({names}), not to dataset {dataset.value!r}")
+            if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) or config.image_size < 4:
+                raise ValueError(f"image_size must be an integer >= 4, got {config.image_size!r}")
         if config.levels is not None:
             if dataset is not Dataset.ARRAY:
                 raise ValueError(f"levels applies to your own array (--data), not to dataset {dataset.value!r}")
@@ -150,6 +184,32 @@ class RunConfig:
         return config
 
 
+#: The ``schedule`` value of a learned schedule: :math:`\beta_2..\beta_T`
+#: start at the paper's schedule and are trained with the model.
+#: ``"learned-KIND"`` starts them at the fixed schedule ``KIND`` instead.
+LEARNED_SCHEDULE = "learned"
+
+
+def parse_schedule(value):
+    """
+    Split a ``schedule`` setting into the fixed schedule it starts from and
+    whether SVI learns it.
+
+    :param str value: a fixed schedule name (``"paper"``, ``"log-snr"``, ...),
+        ``"learned"``, or ``"learned-"`` followed by a fixed schedule name.
+    :returns: ``(kind, learned)`` with ``kind`` a :class:`ScheduleKind`.
+    :raises ValueError: naming the value and the allowed ones.
+    """
+    text = str(value)
+    learned = text == LEARNED_SCHEDULE or text.startswith(LEARNED_SCHEDULE + "-")
+    start = text[len(LEARNED_SCHEDULE) + 1 :] if learned else text
+    try:
+        return ScheduleKind.parse(start or ScheduleKind.PAPER.value), learned
+    except ValueError:
+        fixed = [kind.value for kind in ScheduleKind]
+        names = ", ".join(fixed + [LEARNED_SCHEDULE] + [f"{LEARNED_SCHEDULE}-{name}" for name in fixed])
+        raise ValueError(f"unknown beta schedule {value!r}: use one of {names}") from None
+
 #: Defaults for a user array of integer levels. ``beta_1`` is left to
 #: :func:`build_model`, which sizes it to the bin width.
 LEVEL_ARRAY_DEFAULTS = {
@@ -167,6 +227,16 @@ LEVEL_ARRAY_DEFAULTS = {
 #: 4000 to 8000 steps.
 FIRST_STEP_BINS = 2.3
 
+#: The generated image data sets, 8-bit gray levels in one channel.
+IMAGE_DATASETS = (Dataset.DEAD_LEAVES, Dataset.TEXTURES)
+
+#: Training and held-out images drawn for each image data set. The held-out
+#: set is small because the bound costs T network evaluations per image.
+IMAGE_SPLIT_SIZES = (5000, 200)
+
+#: The number of gray levels of the generated images.
+IMAGE_LEVELS = 256
+
 #: The minimum number of examples in a user array: one held out, two to train.
 MIN_ARRAY_EXAMPLES = 3
 
@@ -180,6 +250,8 @@ DEFAULTS = {
     Dataset.DIGITS: {"timesteps": 1000, "steps": 6000, "hidden_dim": 256, "schedule": "paper", "beta_1": 0.15, "dropout": 0.3, "kernel": "epsilon"},
     Dataset.SWISS_ROLL: {"timesteps": 40, "steps": 5000, "hidden_dim": 128, "schedule": "log-snr", "beta_1": 1e-4, "dropout": 0.0, "kernel": "epsilon"},
     Dataset.HEARTBEAT: {"timesteps": 2000, "steps": 16000, "hidden_dim": 128, "schedule": "paper", "kernel": "binomial", "dropout": 0.0},
+    Dataset.DEAD_LEAVES: {"timesteps": 1000, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
+    Dataset.TEXTURES: {"timesteps": 500, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
     Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "log-snr", "beta_1": 1e-3, "dropout": 0.1, "kernel": "epsilon"},
 }
 
@@ -307,6 +379,8 @@ def prepare_data(config):
             log_density=lambda x: torch.full((len(x),), truth, dtype=x.dtype),
             null_log_likelihood_bits=null_bits,
         )
+    if dataset in IMAGE_DATASETS:
+        return _prepare_images(config, dataset)
     array = datasets.load_array(config.data)
     example_shape = tuple(array.shape[1:])
     image_shape = example_shape if array.dim() == 3 else None
@@ -352,6 +426,37 @@ def prepare_data(config):
     )
 
 
+def _prepare_images(config, dataset):
+    """
+    Draw the image data set as 8-bit gray levels ``[N, S * S]``, dequantized
+    and scaled by one constant to variance 1 for the model, as digits are.
+    """
+    num_train, num_heldout = IMAGE_SPLIT_SIZES
+    size = config.image_size
+    generator = torch.Generator().manual_seed(config.seed)
+    if dataset is Dataset.DEAD_LEAVES:
+        # Two draws from one stream: the held-out images are independent of the training ones.
+        train = datasets.sample_dead_leaves(num_train, size=size, generator=generator)
+        heldout = datasets.sample_dead_leaves(num_heldout, size=size, generator=generator)
+    else:
+        # The held-out patches come from rows of each photograph that no training patch contains.
+        train = datasets.sample_texture_patches(num_train, size=size, split="train", generator=generator)
+        heldout = datasets.sample_texture_patches(num_heldout, size=size, split="heldout", generator=generator)
+
+    def levels(images):
+        # Gray values in [0, 1] to integers 0..255: k / 255 maps back to k exactly.
+        return (images * (IMAGE_LEVELS - 1)).round().long().clamp(0, IMAGE_LEVELS - 1).reshape(len(images), -1)
+
+    train, heldout = levels(train), levels(heldout)
+    return PreparedData(
+        train,
+        heldout,
+        dequantization=UniformDequantization.fit(train, IMAGE_LEVELS),
+        image_shape=(size, size),
+        example_shape=(1, size, size),
+    )
+
+
 def _looks_like_levels(array):
     return bool((array == array.round()).all() and array.min() >= 0 and array.max() <= 255)
 
@@ -366,32 +471,77 @@ def _check_levels(array, levels, path):
         )
 
 
-def build_model(config, dim, decoder=None):
+def image_channels_shape(example_shape):
     """
-    Build the diffusion model of ``config`` (already resolved) for data of dimension ``dim``.
+    Return the ``(C, H, W)`` input shape of the convolutional network for examples of
+    shape ``example_shape``: ``(H, W)`` images get one channel.
 
+    :raises ValueError: if the examples are not images.
+    """
+    shape = tuple(example_shape) if example_shape is not None else ()
+    if len(shape) == 2:
+        return (1,) + shape
+    if len(shape) == 3:
+        return shape
+    raise ValueError(
+        f"the conv network needs images, examples of shape (H, W) or (C, H, W), but these data have "
+        f"examples of shape {shape}: use --network mlp"
+    )
+
+
+def _network(config, dim, num_outputs, image_shape, time_conditioning="embedding"):
+    if NetworkKind(config.network) is NetworkKind.CONV:
+        channels_shape = image_channels_shape(image_shape if image_shape is not None else (dim,))
+        if math.prod(channels_shape) != dim:
+            raise ValueError(
+                f"images of shape {channels_shape} have {math.prod(channels_shape)} values but the data "
+                f"have {dim} per example"
+            )
+        return MultiScaleConvNet(
+            channels_shape, num_outputs, config.timesteps, channels=config.hidden_dim, dropout=config.dropout
+        )
+    return MLP(
+        dim,
+        num_outputs * dim,
+        config.timesteps,
+        config.hidden_dim,
+        config.num_blocks,
+        time_conditioning=time_conditioning,
+        dropout=config.dropout,
+    )
+
+
+def build_model(config, dim, decoder=None, image_shape=None):
+    """
+    Build the diffusion model of ``config`` (already resolved) for data of
+    dimension ``dim``.
+
+    :param tuple image_shape: the shape of one example before flattening,
+        needed by the conv network.
     :rtype: DiffusionModel
     """
     if KernelKind(config.kernel) is KernelKind.BINOMIAL:
         forward = BinomialForward(num_steps=config.timesteps)
-        net = MLP(dim, dim, config.timesteps, config.hidden_dim, config.num_blocks, dropout=config.dropout)
-        return DiffusionModel(forward, BernoulliReverse(forward, net, (dim,)), name="diffusion")
-    uses_beta_1 = config.schedule in (ScheduleKind.PAPER.value, ScheduleKind.LOG_SNR.value)
+        net = _network(config, dim, 1, image_shape)
+        # Runs saved before the prediction option existed used the flip kernel.
+        prediction = config.prediction or BernoulliPrediction.FLIP.value
+        reverse = BernoulliReverse(forward, net, (dim,), prediction=prediction)
+        return DiffusionModel(forward, reverse, name="diffusion")
+    kind, learned = parse_schedule(config.schedule)
+    uses_beta_1 = kind in (ScheduleKind.PAPER, ScheduleKind.LOG_SNR)
     beta_1 = config.beta_1
     if beta_1 is None and isinstance(decoder, BinnedDecoder):
         bin_width = (decoder.high - decoder.low) / decoder.num_bins
         beta_1 = min(0.15, (FIRST_STEP_BINS * bin_width) ** 2)
     kwargs = {"beta_1": beta_1} if uses_beta_1 and beta_1 else {}
-    schedule = BetaSchedule.from_name(config.schedule, config.timesteps, **kwargs)
+    schedule = (LearnedBetaSchedule if learned else BetaSchedule).from_name(kind, config.timesteps, **kwargs)
     forward = GaussianForward(schedule, event_dim=1)
     if KernelKind(config.kernel) is KernelKind.PAPER:
-        net = MLP(dim, 2 * dim, config.timesteps, config.hidden_dim, config.num_blocks, time_conditioning="bumps", dropout=config.dropout)
+        net = _network(config, dim, 2, image_shape, time_conditioning="bumps")
         reverse = PaperReverse(forward, net, (dim,))
     else:
-        learned = ReverseVariance(config.variance) is ReverseVariance.LEARNED
-        net = MLP(
-            dim, (2 if learned else 1) * dim, config.timesteps, config.hidden_dim, config.num_blocks, dropout=config.dropout
-        )
+        learned_variance = ReverseVariance(config.variance) is ReverseVariance.LEARNED
+        net = _network(config, dim, 2 if learned_variance else 1, image_shape)
         reverse = EpsilonReverse(forward, net, (dim,), config.variance)
     return DiffusionModel(forward, reverse, decoder=decoder, name="diffusion")
 

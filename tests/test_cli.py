@@ -122,6 +122,12 @@ BAD_INPUTS = {
     "zero timesteps": (lambda p: ["--timesteps", "0"], "timesteps"),
     "beta outside unit interval": (lambda p: ["--beta-1", "1.5"], "1.5"),
     "unknown schedule": (lambda p: ["--schedule", "quadratic"], "quadratic"),
+    "unknown learned start": (lambda p: ["--schedule", "learned-quadratic"], "learned-quadratic"),
+    "unknown prediction": (lambda p: ["--dataset", "heartbeat", "--prediction", "x1"], "x1"),
+    "unknown network": (lambda p: ["--network", "transformer"], "transformer"),
+    "conv on vectors": (lambda p: ["--dataset", "swiss-roll", "--network", "conv"], "--network mlp"),
+    "image size for vectors": (lambda p: ["--dataset", "swiss-roll", "--image-size", "8"], "image_size"),
+    "image size too small": (lambda p: ["--dataset", "dead-leaves", "--image-size", "2"], "image_size"),
     "unknown variance": (lambda p: ["--variance", "medium"], "medium"),
 }
 
@@ -239,6 +245,8 @@ def test_single_heldout_metrics_strict_json(tmp_path):
         (["--schedule", "cosine", "--beta-1", "0.01"], "--beta-1"),
         (["--kernel", "paper", "--variance", "small"], "--variance"),
         (["--noise", "0.3"], "--noise"),
+        (["--schedule", "learned-cosine", "--beta-1", "0.01"], "--beta-1"),
+        (["--prediction", "flip"], "prediction"),
     ],
 )
 def test_ignored_option_rejected(tmp_path, capsys, extra, expected):
@@ -362,3 +370,55 @@ def test_binomial_kernel_rejects_real_data(tmp_path, capsys):
 
     assert run_cli("train", "--data", path, "--kernel", "binomial", "--out", tmp_path / "run", *FAST) == 2
     assert "binary" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule", ["learned", "learned-log-snr"])
+def test_learned_schedule_trains_and_reloads(tmp_path, schedule):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--schedule", schedule, "--out", out, *FAST) == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    weights = checkpoint["trainer"]["model"]
+    names = [name for name in weights if name.endswith("unconstrained_betas")]
+    assert names, sorted(weights)
+    initial = weights[names[0]].clone()
+    trained = json.loads((out / "metrics.json").read_text())
+
+    assert run_cli("evaluate", out) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["heldout_elbo_bits"] == pytest.approx(trained["heldout_elbo_bits"])
+    assert initial.shape == (5,)
+
+
+def test_heartbeat_prediction_saved(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "heartbeat", "--prediction", "flip", "--out", out, *FAST) == 0
+    assert json.loads((out / "config.json").read_text())["prediction"] == "flip"
+    default = tmp_path / "default"
+    assert run_cli("train", "--dataset", "heartbeat", "--out", default, *FAST) == 0
+    assert json.loads((default / "config.json").read_text())["prediction"] == "x0"
+
+
+@pytest.mark.parametrize("dataset", ["dead-leaves", "textures"])
+def test_image_datasets_train_with_conv(tmp_path, dataset):
+    out = tmp_path / dataset
+    fast = FAST + ["--image-size", "8", "--hidden-dim", "4"]
+
+    assert run_cli("train", "--dataset", dataset, "--out", out, *fast) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["network"] == "conv"
+    assert metrics["dimension"] == 64
+    assert metrics["dequantization"]["num_levels"] == 256
+    assert "heldout_nll_bits_per_dim" in metrics
+    assert (out / "samples.png").is_file()
+    assert run_cli("sample", out, "--num-samples", 3) == 0
+    samples = torch.load(out / "samples.pt")
+    assert samples.shape == (3, 1, 8, 8)
+    assert samples.min() >= 0
+    assert samples.max() <= 255
+
+
+def test_conv_network_on_digits(tmp_path):
+    out = tmp_path / "digits"
+    assert run_cli("train", "--network", "conv", "--out", out, *FAST) == 0
+    assert run_cli("evaluate", out) == 0
