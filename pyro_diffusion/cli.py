@@ -29,6 +29,7 @@ from .experiment import (
 )
 from .likelihood import heldout_bound, heldout_importance_log_likelihood, nats_to_bits
 from .plots import save_image_comparison, save_scatter_comparison
+from .posterior_cli import add_posterior_commands, run_posterior
 from .train import Trainer
 
 logger = logging.getLogger("pyro_diffusion")
@@ -121,6 +122,7 @@ def _parser():
         "per example (costs K times T network evaluations per example)",
     )
     _add_threads_option(evaluate)
+    add_posterior_commands(commands, _add_threads_option)
     return parser
 
 
@@ -459,6 +461,10 @@ def _evaluate_command(args):
     return 0
 
 
+def _posterior(args):
+    return run_posterior(args, _load_run, UsageError)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -467,7 +473,13 @@ def main(argv=None):
         print(f"pyro-diffusion {args.command}: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    commands = {"train": _train, "sample": _sample, "evaluate": _evaluate_command}
+    commands = {
+        "train": _train,
+        "sample": _sample,
+        "evaluate": _evaluate_command,
+        "inpaint": _posterior,
+        "denoise": _posterior,
+    }
     try:
         return commands[args.command](args)
     except (UsageError, ValueError, OSError) as error:

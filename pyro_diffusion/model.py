@@ -187,18 +187,33 @@ class DiffusionModel(PyroModule):
         loc, log_variance = self.reverse.loc_log_variance(x1, one)
         return self.decoder.distribution(loc, log_variance, self.event_dim)
 
-    def model(self, x0=None, num_samples=None):
+    def model(self, x0=None, num_samples=None, obs_mask=None):
         r"""
         Run the reverse chain :math:`p(x_{0:T})`, Eq. (5) in [1].
+
+        With ``obs_mask``, only the coordinates of ``x0`` where the mask is
+        ``True`` are observed, at site ``"x_0"``, and the others are the latent
+        site ``"x_0_unobserved"``, as Pyro's own ``obs_mask`` does for batch
+        elements. Both sites draw from the last reverse step
+        :math:`p(x_0 \mid x_1)`, which factorizes over coordinates, so each
+        site's log-density counts only its own coordinates.
 
         :param torch.Tensor x0: data of shape ``[N] + event_shape``, observed at
             site ``"x_0"``; omit it to sample.
         :param int num_samples: ``N`` when ``x0`` is omitted.
-        :returns: :math:`x_0`, shape ``[N] + event_shape``.
+        :param torch.Tensor obs_mask: boolean, broadcastable to ``x0``;
+            ``True`` marks an observed coordinate. Values of ``x0`` where it
+            is ``False`` are ignored and may be NaN.
+        :returns: :math:`x_0`, shape ``[N] + event_shape``, with the observed
+            coordinates equal to ``x0``.
         """
         handler = active_timestep_subsample()
         if handler is not None:
+            if obs_mask is not None:
+                raise ValueError("the one-step training program needs complete data: drop obs_mask")
             return self._timestep_model(x0, handler)
+        if obs_mask is not None:
+            x0, obs_mask = self._masked_data(x0, obs_mask)
         batch_size = self._batch_size(x0, num_samples)
         self._register()
         T = self.num_steps
@@ -207,6 +222,8 @@ class DiffusionModel(PyroModule):
             for t in range(T, 1, -1):
                 step = torch.tensor(t, device=x.device)
                 x = pyro.sample(f"x_{t - 1}", self.reverse.distribution(x, step))
+            if obs_mask is not None:
+                return self._decode_masked(x, x0, obs_mask)
             return self._decode(x, x0)
 
     def guide(self, x0=None, num_samples=None):
@@ -232,6 +249,33 @@ class DiffusionModel(PyroModule):
 
     def _decode(self, x1, x0):
         return pyro.sample("x_0", self.decoder_distribution(x1), obs=x0)
+
+    def _masked_data(self, x0, obs_mask):
+        if x0 is None:
+            raise ValueError("obs_mask needs the observed data x0")
+        if not torch.is_tensor(obs_mask) or obs_mask.dtype != torch.bool:
+            raise ValueError("obs_mask must be a boolean tensor (True = observed)")
+        if not torch.is_tensor(x0):
+            raise ValueError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+        try:
+            obs_mask = torch.broadcast_to(obs_mask, x0.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"obs_mask of shape {tuple(obs_mask.shape)} does not broadcast to x0 of shape "
+                f"{tuple(x0.shape)}: pass a mask of x0's shape"
+            ) from None
+        # Unobserved values are placeholders; zeros keep the data check from
+        # rejecting NaN there.
+        return torch.where(obs_mask, x0, torch.zeros_like(x0)), obs_mask
+
+    def _decode_masked(self, x1, x0, obs_mask):
+        decoder = self.decoder_distribution(x1)
+        base = decoder.base_dist if isinstance(decoder, pyro.distributions.Independent) else decoder
+        observed = base.mask(obs_mask).to_event(self.event_dim)
+        unobserved = base.mask(~obs_mask).to_event(self.event_dim)
+        pyro.sample("x_0", observed, obs=x0)
+        missing = pyro.sample("x_0_unobserved", unobserved)
+        return torch.where(obs_mask, x0, missing)
 
     def _timestep_model(self, x0, handler):
         if x0 is None:

@@ -422,3 +422,61 @@ def test_conv_network_on_digits(tmp_path):
     out = tmp_path / "digits"
     assert run_cli("train", "--network", "conv", "--out", out, *FAST) == 0
     assert run_cli("evaluate", out) == 0
+
+
+@pytest.mark.parametrize(
+    "command, extra",
+    [
+        ("inpaint", ["--mask", "center"]),
+        ("inpaint", ["--mask", "random", "--sampler", "product"]),
+        ("denoise", ["--sigma", "0.5"]),
+        ("denoise", ["--sigma", "0.5", "--sampler", "product"]),
+    ],
+)
+def test_posterior_commands_write_figure_and_arrays(tmp_path, command, extra):
+    out = tmp_path / "digits"
+    assert run_cli("train", "--out", out, *FAST) == 0
+
+    status = run_cli(command, out, "--particles", 4, "--num-images", 3, *extra)
+
+    assert status == 0
+    assert (out / f"{command}.png").is_file()
+    arrays = np.load(out / f"{command}.npz")
+    assert arrays["samples"].shape == (3, 8, 8)
+    assert arrays["truth"].shape == (3, 8, 8)
+    assert arrays["mask"].shape == (3, 64)
+    if command == "inpaint":
+        observed = arrays["mask"].reshape(3, 8, 8)
+        assert np.array_equal(arrays["samples"][observed], arrays["truth"][observed])
+        assert not observed.all()
+    else:
+        assert arrays["mask"].all()
+        assert float(arrays["sigma"]) == 0.5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["denoise", "--sigma", "0"], "--sigma"),
+        (["inpaint", "--mask", "diagonal"], "diagonal"),
+        (["inpaint", "--particles", "0"], "--particles"),
+        (["inpaint", "--sampler", "gibbs"], "gibbs"),
+    ],
+)
+def test_posterior_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "digits"
+    assert run_cli("train", "--out", out, *FAST) == 0
+    capsys.readouterr()
+
+    assert run_cli(args[0], out, *args[1:]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_posterior_needs_image_run(tmp_path, capsys):
+    out = tmp_path / "roll"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+
+    assert run_cli("inpaint", out) == 2
+    assert "image" in capsys.readouterr().err
