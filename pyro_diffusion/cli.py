@@ -53,7 +53,8 @@ def _parser():
     train.add_argument(
         "--dataset",
         default=None,
-        help="digits (default), swiss-roll, heartbeat, dead-leaves, textures, or array with --data",
+        help="digits (default), swiss-roll, heartbeat, dead-leaves, textures, mnist, fashion-mnist, cifar10 "
+        "(with --data-root), or array with --data",
     )
     train.add_argument("--data", default=None, help="a .npy or .pt array of your own, examples on the first axis")
     train.add_argument("--out", default=None, help="the run folder (default: runs/DATASET)")
@@ -64,7 +65,8 @@ def _parser():
     train.add_argument(
         "--network",
         default=None,
-        help="the reverse network: mlp, or conv (the paper's multi-scale convolutional network, for images); default per data set",
+        help="the reverse network: mlp; for images conv (the paper's multi-scale convolutional network) or unet; "
+        "default per data set",
     )
     train.add_argument(
         "--hidden-dim", type=int, default=None, help="the network's width: hidden units of the MLP, channels of the conv network"
@@ -98,6 +100,14 @@ def _parser():
     )
     train.add_argument(
         "--image-size", type=int, default=None, help="the side in pixels of the dead-leaves and texture images (default 16)"
+    )
+    train.add_argument(
+        "--data-root",
+        default=None,
+        help="the folder of torchvision's files for mnist, fashion-mnist and cifar10, e.g. ROOT/MNIST/raw/",
+    )
+    train.add_argument(
+        "--download", action="store_true", help="let torchvision download missing files into --data-root (off by default)"
     )
     train.add_argument("--seed", type=int, default=0, help="the seed of the split, the weights and the training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
@@ -161,6 +171,8 @@ def _config_from_args(args):
         noise=args.noise if args.noise is not None else 0.05,
         levels=args.levels,
         image_size=args.image_size,
+        data_root=args.data_root,
+        download=args.download,
         seed=args.seed,
     )
     config = config.resolved()

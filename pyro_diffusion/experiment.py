@@ -57,6 +57,12 @@ class Dataset(str, enum.Enum):
     DEAD_LEAVES = "dead-leaves"
     #: Patches of scikit-image's brick, grass and gravel photographs, 8-bit.
     TEXTURES = "textures"
+    #: MNIST through torchvision, from ``--data-root``.
+    MNIST = "mnist"
+    #: Fashion-MNIST through torchvision, from ``--data-root``.
+    FASHION_MNIST = "fashion-mnist"
+    #: CIFAR-10 through torchvision, from ``--data-root``.
+    CIFAR10 = "cifar10"
     #: A user's own array, given by ``--data``.
     ARRAY = "array"
 
@@ -68,6 +74,8 @@ class NetworkKind(str, enum.Enum):
     MLP = "mlp"
     #: The multi-scale convolutional network of Sohl-Dickstein et al., for images.
     CONV = "conv"
+    #: A U-Net with a sinusoidal time embedding, for images.
+    UNET = "unet"
 
 
 class KernelKind(str, enum.Enum):
@@ -110,6 +118,8 @@ class RunConfig:
     noise: float = 0.05
     levels: Optional[int] = None
     image_size: Optional[int] = None
+    data_root: Optional[str] = None
+    download: bool = False
     seed: int = 0
 
     def resolved(self):
@@ -150,6 +160,12 @@ class RunConfig:
             minimum = 0 if name in ("steps", "num_blocks") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if dataset in TORCHVISION_DATASETS:
+            if not config.data_root:
+                raise ValueError(f"dataset {dataset.value!r} needs --data-root: the folder of torchvision's files")
+        elif config.data_root is not None or config.download:
+            names = ", ".join(d.value for d in TORCHVISION_DATASETS)
+            raise ValueError(f"data_root and download apply to the torchvision data sets ({names}), not to {dataset.value!r}")
         if config.image_size is not None:
             if dataset not in IMAGE_DATASETS:
                 names = ", ".join(d.value for d in IMAGE_DATASETS)
@@ -230,6 +246,13 @@ FIRST_STEP_BINS = 2.3
 #: The generated image data sets, 8-bit gray levels in one channel.
 IMAGE_DATASETS = (Dataset.DEAD_LEAVES, Dataset.TEXTURES)
 
+#: The data sets read through torchvision's classes.
+TORCHVISION_DATASETS = (Dataset.MNIST, Dataset.FASHION_MNIST, Dataset.CIFAR10)
+
+#: The held-out images taken from the start of a torchvision test split:
+#: the bound costs T network evaluations per image.
+TORCHVISION_HELDOUT = 256
+
 #: Training and held-out images drawn for each image data set. The held-out
 #: set is small because the bound costs T network evaluations per image.
 IMAGE_SPLIT_SIZES = (5000, 200)
@@ -252,6 +275,9 @@ DEFAULTS = {
     Dataset.HEARTBEAT: {"timesteps": 2000, "steps": 16000, "hidden_dim": 128, "schedule": "paper", "kernel": "binomial", "dropout": 0.0},
     Dataset.DEAD_LEAVES: {"timesteps": 1000, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
     Dataset.TEXTURES: {"timesteps": 500, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
+    Dataset.MNIST: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
+    Dataset.FASHION_MNIST: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
+    Dataset.CIFAR10: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
     Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "log-snr", "beta_1": 1e-3, "dropout": 0.1, "kernel": "epsilon"},
 }
 
@@ -381,6 +407,8 @@ def prepare_data(config):
         )
     if dataset in IMAGE_DATASETS:
         return _prepare_images(config, dataset)
+    if dataset in TORCHVISION_DATASETS:
+        return _prepare_torchvision(config, dataset)
     array = datasets.load_array(config.data)
     example_shape = tuple(array.shape[1:])
     image_shape = example_shape if array.dim() == 3 else None
@@ -457,6 +485,28 @@ def _prepare_images(config, dataset):
     )
 
 
+def _prepare_torchvision(config, dataset):
+    """
+    Read a torchvision data set: all training images, and the first
+    :data:`TORCHVISION_HELDOUT` test images held out, as 8-bit levels
+    ``[N, C * H * W]`` dequantized and scaled by one constant to variance 1.
+    """
+    train, test = datasets.load_torchvision_split(dataset.value, config.data_root, config.download)
+    example_shape = tuple(train.shape[1:])
+    heldout = test[:TORCHVISION_HELDOUT]
+    train = train.reshape(len(train), -1).long()
+    heldout = heldout.reshape(len(heldout), -1).long()
+    # One-channel images plot as [H, W]; color images keep [C, H, W].
+    image_shape = example_shape[1:] if example_shape[0] == 1 else example_shape
+    return PreparedData(
+        train,
+        heldout,
+        dequantization=UniformDequantization.fit(train, IMAGE_LEVELS),
+        image_shape=image_shape,
+        example_shape=example_shape,
+    )
+
+
 def _looks_like_levels(array):
     return bool((array == array.round()).all() and array.min() >= 0 and array.max() <= 255)
 
@@ -490,6 +540,11 @@ def image_channels_shape(example_shape):
 
 
 def _network(config, dim, num_outputs, image_shape, time_conditioning="embedding"):
+    if NetworkKind(config.network) is NetworkKind.UNET:
+        from .nets import UNet
+
+        channels_shape = image_channels_shape(image_shape if image_shape is not None else (dim,))
+        return UNet(channels_shape, num_outputs, config.timesteps, channels=config.hidden_dim, dropout=config.dropout)
     if NetworkKind(config.network) is NetworkKind.CONV:
         channels_shape = image_channels_shape(image_shape if image_shape is not None else (dim,))
         if math.prod(channels_shape) != dim:

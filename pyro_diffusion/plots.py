@@ -14,8 +14,9 @@ def save_image_comparison(samples, heldout, path, num_levels=None, nrow=8, upsca
     examples on the right, each with the same number of images (at most
     ``nrow * nrow``).
 
-    :param torch.Tensor samples: ``[N, H, W]``.
-    :param torch.Tensor heldout: ``[M, H, W]``.
+    :param torch.Tensor samples: ``[N, H, W]``, or ``[N, C, H, W]`` with
+        ``C`` = 1 or 3.
+    :param torch.Tensor heldout: ``[M, H, W]`` or ``[M, C, H, W]``.
     :param int num_levels: the number of integer levels, to map levels to
         ``[0, 1]``; continuous data are min-max scaled together.
     """
@@ -29,7 +30,9 @@ def save_image_comparison(samples, heldout, path, num_levels=None, nrow=8, upsca
         images = [(x - low) / max(high - low, 1e-12) for x in images]
     grids = []
     for x in images:
-        x = x.unsqueeze(1).repeat_interleave(upscale, -1).repeat_interleave(upscale, -2)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        x = x.repeat_interleave(upscale, -1).repeat_interleave(upscale, -2)
         grids.append(make_grid(x, nrow=min(nrow, count), padding=2, pad_value=0.5))
     gap = torch.full((3, grids[0].shape[1], 8), 1.0)
     save_image(torch.cat([grids[0], gap, grids[1]], dim=-1), path)

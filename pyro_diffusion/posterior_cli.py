@@ -94,7 +94,7 @@ def add_posterior_commands(commands, add_threads_option):
 
 
 def _grid(rows, levels, shape):
-    images = torch.cat(rows).float().reshape((-1, 1) + tuple(shape))
+    images = torch.cat(rows).float().reshape((-1,) + tuple(shape))
     images = images / (levels - 1) if levels else (images - images.min()) / (images.max() - images.min() + 1e-12)
     images = images.repeat_interleave(4, -1).repeat_interleave(4, -2)
     return make_grid(images.clamp(0, 1), nrow=len(rows[0]), padding=2, pad_value=0.5)
@@ -133,8 +133,11 @@ def run_posterior(args, load_run, usage_error):
     truth = data.heldout[: args.num_images]
     clean = data.model_scale(truth, generator)
     height, width = data.image_shape[-2:]
+    channels = clean.shape[1] // (height * width)
     if args.command == "inpaint":
-        mask = image_mask(args.mask, len(truth), height, width, generator).reshape(clean.shape)
+        # Every channel of a hidden pixel is hidden.
+        mask = image_mask(args.mask, len(truth), height, width, generator).unsqueeze(1)
+        mask = mask.expand(len(truth), channels, height, width).reshape(clean.shape)
         observation = Observation(clean, mask)
     else:
         mask = torch.ones_like(clean, dtype=torch.bool)
@@ -154,7 +157,7 @@ def run_posterior(args, load_run, usage_error):
     sample_units = data.to_data_units(samples)
     truth_units = data.to_data_units(clean)
     levels = data.dequantization.num_levels if data.dequantization else None
-    figure = _grid([observed_units, sample_units, truth_units], levels, (height, width))
+    figure = _grid([observed_units, sample_units, truth_units], levels, (channels, height, width))
     save_image(figure, png_path)
     npz_path = png_path.with_suffix(".npz")
     np.savez(

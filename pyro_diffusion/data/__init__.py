@@ -5,6 +5,7 @@ from pyro_diffusion.data.dead_leaves import render_disks, sample_dead_leaves, sa
 from pyro_diffusion.data.digits import NUM_DIGIT_LEVELS, load_digits_split
 from pyro_diffusion.data.heartbeat import HEARTBEAT_LOG_LIKELIHOOD_BITS, sample_heartbeat
 from pyro_diffusion.data.swiss_roll import sample_swiss_roll, swiss_roll_log_prob, swiss_roll_scale
+from pyro_diffusion.data.torchvision_data import IDX_FILES, load_torchvision_split, write_idx_folder
 from pyro_diffusion.data.textures import (
     TEXTURE_NAMES,
     TEXTURE_SPLITS,
@@ -15,6 +16,9 @@ from pyro_diffusion.data.textures import (
 )
 
 __all__ = [
+    "IDX_FILES",
+    "load_torchvision_split",
+    "write_idx_folder",
     "HEARTBEAT_LOG_LIKELIHOOD_BITS",
     "NUM_DIGIT_LEVELS",
     "TEXTURE_NAMES",
