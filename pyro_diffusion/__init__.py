@@ -7,7 +7,9 @@ from .binomial import BernoulliReverse, BinomialForward, binomial_betas
 from .decoders import BinnedDecoder, GaussianDecoder
 from .dequantize import UniformDequantization
 from .distributions import BinnedNormal
+from .conditioning import Observation, condition, product_sample, smc_sample
 from .elbo import TimestepELBO
+from .fewstep import sample_strided
 from .forward import GaussianForward
 from .likelihood import (
     NULL_BITS_PER_DIM,
@@ -18,7 +20,7 @@ from .likelihood import (
     importance_log_likelihood,
 )
 from .model import DiffusionModel
-from .nets import MLP
+from .nets import MLP, MultiScaleConvNet, UNet
 from .reverse import EpsilonReverse, PaperReverse, ReverseKernel, ReverseVariance
 from .schedules import BetaSchedule, LearnedBetaSchedule, ScheduleKind, cosine_betas, linear_betas, make_betas, paper_betas
 from .timesteps import ImportanceTimesteps, UniformTimesteps, subsample_timesteps
@@ -39,16 +41,20 @@ __all__ = [
     "ImportanceTimesteps",
     "LearnedBetaSchedule",
     "MLP",
+    "MultiScaleConvNet",
     "NULL_BITS_PER_DIM",
+    "Observation",
     "PaperReverse",
     "ReverseKernel",
     "ReverseVariance",
     "ScheduleKind",
     "TimestepELBO",
+    "UNet",
     "UniformDequantization",
     "UniformTimesteps",
     "binomial_betas",
     "bound_terms",
+    "condition",
     "cosine_betas",
     "heldout_bound",
     "heldout_importance_log_likelihood",
@@ -56,5 +62,8 @@ __all__ = [
     "linear_betas",
     "make_betas",
     "paper_betas",
+    "product_sample",
+    "sample_strided",
+    "smc_sample",
     "subsample_timesteps",
 ]

@@ -29,6 +29,7 @@ from .experiment import (
 )
 from .likelihood import heldout_bound, heldout_importance_log_likelihood, nats_to_bits
 from .plots import save_image_comparison, save_scatter_comparison
+from .fewstep import sample_strided
 from .posterior_cli import add_posterior_commands, run_posterior
 from .train import Trainer
 
@@ -117,13 +118,24 @@ def _parser():
     sample = commands.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run_dir", help="a run folder written by 'pyro-diffusion train'")
     sample.add_argument("--num-samples", type=int, default=64, help="the number of samples")
-    sample.add_argument("--seed", type=int, default=0, help="the seed of the sampling stream")
+    sample.add_argument("--seed", type=int, default=None, help="the seed of the sampling stream (default: the run's --seed)")
     sample.add_argument("--out", default=None, help="the PNG to write (default: RUN_DIR/samples.png)")
+    sample.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=None,
+        help="sample with N evenly strided steps of the T (DDIM-style; default: all T steps, ancestral sampling)",
+    )
+    sample.add_argument(
+        "--eta", type=float, default=None, help="the noise of few-step sampling: 0 deterministic, 1 (default) stochastic"
+    )
     _add_threads_option(sample)
 
     evaluate = commands.add_parser("evaluate", help="compute the held-out bound of a trained run")
     evaluate.add_argument("run_dir", help="a run folder written by 'pyro-diffusion train'")
-    evaluate.add_argument("--seed", type=int, default=0, help="the seed of the forward samples")
+    evaluate.add_argument(
+        "--seed", type=int, default=None, help="the seed of the forward samples (default: the run's --seed, as train used)"
+    )
     evaluate.add_argument(
         "--importance-samples",
         type=int,
@@ -322,7 +334,7 @@ def _report(metrics):
         )
 
 
-def _save_samples(diffusion, data, png_path, num_samples, seed):
+def _save_samples(diffusion, data, png_path, num_samples, seed, sampling_steps=None, eta=1.0):
     """
     Draw samples and save them in the data's units and shape, with a PNG
     beside held-out data where the data are images or 2-D points.
@@ -330,8 +342,12 @@ def _save_samples(diffusion, data, png_path, num_samples, seed):
     :returns: ``(samples, wrote_png)``.
     """
     generator = torch.Generator().manual_seed(seed)
-    samples = data.to_data_units(diffusion.sample(num_samples, generator=generator))
-    heldout = data.to_data_units(data.heldout)
+    if sampling_steps is None:
+        drawn = diffusion.sample(num_samples, generator=generator)
+    else:
+        drawn = sample_strided(diffusion, num_samples, sampling_steps, eta=eta, generator=generator)
+    samples = data.to_data_units(drawn)
+    heldout = data.heldout_in_data_units()
     if data.image_shape is not None:
         levels = data.dequantization.num_levels if data.dequantization else None
         shape = tuple(data.image_shape)
@@ -409,8 +425,14 @@ def _train(args):
         print(f"interrupted at step {trainer.step}; saved {checkpoint_path}; continue with --resume", file=sys.stderr)
         return 130
     except BaseException:
-        if created and not checkpoint_path.exists():
-            shutil.rmtree(out, ignore_errors=True)
+        # A run that failed before its first checkpoint leaves nothing behind:
+        # neither a folder it created nor files it wrote into an empty one.
+        if saved is None and not checkpoint_path.exists():
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for name in (HELDOUT, "config.json"):
+                    (out / name).unlink(missing_ok=True)
         raise
     checkpoint()
 
@@ -443,7 +465,13 @@ def _sample(args):
     if not png_path.parent.is_dir():
         raise UsageError(f"--out {png_path}: the folder {png_path.parent} does not exist")
     checkpoint, config, diffusion, data = _load_run(run_dir)
-    samples, wrote_png = _save_samples(diffusion, data, png_path, args.num_samples, args.seed)
+    seed = config.seed if args.seed is None else args.seed
+    if args.sampling_steps is None and args.eta is not None:
+        raise UsageError("--eta applies to few-step sampling: pass --sampling-steps N as well")
+    if args.sampling_steps is not None and config.kernel == "binomial":
+        raise UsageError("--sampling-steps applies to Gaussian kernels, not to this binomial run: drop it")
+    eta = 1.0 if args.eta is None else args.eta
+    samples, wrote_png = _save_samples(diffusion, data, png_path, args.num_samples, seed, args.sampling_steps, eta)
     save_atomic(samples, tensor_path)
     shape = "x".join(str(d) for d in samples.shape)
     if wrote_png:
@@ -464,9 +492,8 @@ def _evaluate_command(args):
     baseline = checkpoint["data"].get("baseline_nll_bits_per_dim")
     if args.importance_samples is not None and args.importance_samples < 1:
         raise UsageError(f"--importance-samples must be >= 1, got {args.importance_samples}")
-    metrics = _evaluate(
-        diffusion, config, data, baseline, checkpoint["trainer"]["step"], args.seed, args.importance_samples
-    )
+    seed = config.seed if args.seed is None else args.seed
+    metrics = _evaluate(diffusion, config, data, baseline, checkpoint["trainer"]["step"], seed, args.importance_samples)
     metrics["train_seconds"] = checkpoint["trainer"]["seconds"]
     write_json(metrics_path, metrics)
     _report(metrics)

@@ -143,6 +143,17 @@ class RunConfig:
             config = dataclasses.replace(config, network=NetworkKind.MLP.value)
         parse_option(NetworkKind, config.network, "network")
         ReverseVariance.parse(config.variance)
+        binomial = config.kernel == KernelKind.BINOMIAL.value
+        if dataset is Dataset.HEARTBEAT and not binomial:
+            raise ValueError(
+                f"the heartbeat data are binary, which a Gaussian kernel ({config.kernel!r}) gives an unbounded "
+                "density: use --kernel binomial"
+            )
+        if binomial and (self.schedule is not None or self.beta_1 is not None):
+            raise ValueError(
+                "schedule and beta_1 apply to Gaussian kernels; the binomial kernel uses the schedule "
+                "1 / (T - t + 1): drop them"
+            )
         if config.prediction is not None:
             BernoulliPrediction.parse(config.prediction)
             if config.kernel != KernelKind.BINOMIAL.value:
@@ -219,8 +230,10 @@ def parse_schedule(value):
     text = str(value)
     learned = text == LEARNED_SCHEDULE or text.startswith(LEARNED_SCHEDULE + "-")
     start = text[len(LEARNED_SCHEDULE) + 1 :] if learned else text
+    if text == LEARNED_SCHEDULE:
+        start = ScheduleKind.PAPER.value
     try:
-        return ScheduleKind.parse(start or ScheduleKind.PAPER.value), learned
+        return ScheduleKind.parse(start), learned
     except ValueError:
         fixed = [kind.value for kind in ScheduleKind]
         names = ", ".join(fixed + [LEARNED_SCHEDULE] + [f"{LEARNED_SCHEDULE}-{name}" for name in fixed])
@@ -275,9 +288,9 @@ DEFAULTS = {
     Dataset.HEARTBEAT: {"timesteps": 2000, "steps": 16000, "hidden_dim": 128, "schedule": "paper", "kernel": "binomial", "dropout": 0.0},
     Dataset.DEAD_LEAVES: {"timesteps": 1000, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
     Dataset.TEXTURES: {"timesteps": 500, "steps": 3000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.0, "kernel": "epsilon", "network": "conv", "image_size": 16},
-    Dataset.MNIST: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
-    Dataset.FASHION_MNIST: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
-    Dataset.CIFAR10: {"timesteps": 1000, "steps": 3000, "hidden_dim": 32, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
+    Dataset.MNIST: {"timesteps": 500, "steps": 2000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
+    Dataset.FASHION_MNIST: {"timesteps": 500, "steps": 2000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
+    Dataset.CIFAR10: {"timesteps": 500, "steps": 2000, "hidden_dim": 16, "schedule": "paper", "dropout": 0.1, "kernel": "epsilon", "network": "unet"},
     Dataset.ARRAY: {"timesteps": 1000, "steps": 5000, "hidden_dim": 256, "schedule": "log-snr", "beta_1": 1e-3, "dropout": 0.1, "kernel": "epsilon"},
 }
 
@@ -324,6 +337,15 @@ class PreparedData:
         if self.example_shape is not None:
             x = x.reshape((len(x),) + tuple(self.example_shape))
         return x
+
+    def heldout_in_data_units(self):
+        """The held-out examples in the data's units and shape; integer levels stay as they are."""
+        heldout = self.heldout
+        if self.dequantization is None:
+            return self.to_data_units(heldout)
+        if self.example_shape is not None:
+            heldout = heldout.reshape((len(heldout),) + tuple(self.example_shape))
+        return heldout
 
     def state_dict(self):
         """Return the facts needed to map samples back to data units, without the data."""
@@ -429,6 +451,8 @@ def prepare_data(config):
     num_heldout = max(1, len(array) // 10)
     heldout_raw = array[permutation[:num_heldout]]
     train_raw = array[permutation[num_heldout:]]
+    if config.kernel == KernelKind.BINOMIAL.value:
+        return _binary_array(config, array, train_raw, heldout_raw, image_shape, example_shape)
     if config.levels is not None:
         _check_levels(array, config.levels, config.data)
         train_levels = train_raw.long()
@@ -504,6 +528,26 @@ def _prepare_torchvision(config, dataset):
         dequantization=UniformDequantization.fit(train, IMAGE_LEVELS),
         image_shape=image_shape,
         example_shape=example_shape,
+    )
+
+
+def _binary_array(config, array, train, heldout, image_shape, example_shape):
+    """Keep a binary array as it is, for the binomial kernel: no centering, no scaling."""
+    if config.levels is not None:
+        raise ValueError("levels applies to Gaussian kernels; the binomial kernel takes binary data as they are: drop it")
+    bad = (array != 0) & (array != 1)
+    if bad.any():
+        raise ValueError(
+            f"{config.data} contains {float(array[bad][0])!r}: the binomial kernel needs binary data (0 or 1)"
+        )
+    activity = float(train.mean().clamp(1e-6, 1 - 1e-6))
+    null_bits = train.shape[1] * (activity * math.log2(activity) + (1 - activity) * math.log2(1 - activity))
+    return PreparedData(
+        train.float(),
+        heldout.float(),
+        image_shape=image_shape,
+        example_shape=example_shape,
+        null_log_likelihood_bits=null_bits,
     )
 
 

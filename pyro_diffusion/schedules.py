@@ -419,6 +419,8 @@ class LearnedBetaSchedule(nn.Module):
         transform = biject_to(constraints.unit_interval)
         rest = initial_betas[1:].clamp(max=self.max_beta)
         self.unconstrained_betas = nn.Parameter(transform.inv(rest).clone())
+        self._cached_key = None
+        self._cached_tables = None
 
     @classmethod
     def from_name(cls, kind, num_steps, **kwargs):
@@ -441,7 +443,16 @@ class LearnedBetaSchedule(nn.Module):
         :returns: every table of :class:`BetaSchedule` for the current betas,
             a dict of float64 tensors of shape ``[T + 1]``.
         """
-        return schedule_tables(self.current_betas())
+        if torch.is_grad_enabled():
+            return schedule_tables(self.current_betas())
+        # Without gradients (sampling, evaluation) the tables are reused until
+        # the parameter changes; every in-place update bumps its version.
+        parameter = self.unconstrained_betas
+        key = (parameter.data_ptr(), parameter._version, parameter.device, parameter.dtype)
+        if key != self._cached_key:
+            self._cached_tables = schedule_tables(self.current_betas())
+            self._cached_key = key
+        return self._cached_tables
 
     def __getattr__(self, name):
         if name in TABLE_NAMES:

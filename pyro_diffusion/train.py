@@ -81,6 +81,7 @@ class Trainer:
         """Everything needed to continue training where it stopped."""
         return {
             "step": self.step,
+            "total_steps": self.config.steps,
             "seconds": self.seconds,
             "model": self.diffusion.state_dict(),
             "optimizer": self.optimizer.get_state(),
@@ -93,6 +94,10 @@ class Trainer:
     def load_state_dict(self, state):
         self.diffusion.load_state_dict(state["model"])
         self.optimizer.set_state(state["optimizer"])
+        # The saved decay spreads the schedule over the saved --steps; a
+        # resumed run with more steps spreads what is left over the new total.
+        if state.get("total_steps") != self.config.steps:
+            self._respread_decay(int(state["step"]))
         self.sampler.load_state_dict(state["sampler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
@@ -100,6 +105,14 @@ class Trainer:
         self.data_generator.set_state(state["data_rng"])
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
+
+    def _respread_decay(self, step):
+        final = self.config.learning_rate * self.config.final_learning_rate_fraction
+        remaining = self.config.steps - step
+        for name, optimizer_state in self.optimizer._state_waiting_to_be_consumed.items():
+            for group in optimizer_state["param_groups"]:
+                if remaining > 0 and group["lr"] > 0:
+                    group["lrd"] = (final / group["lr"]) ** (1.0 / remaining)
 
     def fit(self, progress=False, on_checkpoint=None, checkpoint_every=1000):
         """

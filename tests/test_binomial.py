@@ -238,3 +238,17 @@ def test_unknown_prediction_raises():
     forward = BinomialForward(num_steps=3)
     with pytest.raises(ValueError, match="x0"):
         BernoulliReverse(forward, _ConstantNet(torch.zeros(1, 2)), (2,), prediction="x1")
+
+
+def test_heldout_bound_binary_null_model():
+    from pyro_diffusion.likelihood import heldout_bound
+
+    diffusion = binomial_model(4, 5)
+    x0 = torch.zeros(10, 5)
+    x0[:, 0] = 1.0
+
+    result = heldout_bound(diffusion, x0, generator=torch.Generator().manual_seed(0))
+
+    expected = 5 * (0.2 * math.log2(0.2) + 0.8 * math.log2(0.8))
+    assert result["l_null_bits"] == pytest.approx(expected)
+    assert result["k_minus_l_null_bits"] == pytest.approx(result["elbo_bits"] - expected)

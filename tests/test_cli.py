@@ -125,6 +125,10 @@ BAD_INPUTS = {
     "unknown learned start": (lambda p: ["--schedule", "learned-quadratic"], "learned-quadratic"),
     "unknown prediction": (lambda p: ["--dataset", "heartbeat", "--prediction", "x1"], "x1"),
     "unknown network": (lambda p: ["--network", "transformer"], "transformer"),
+    "gaussian kernel on binary data": (lambda p: ["--dataset", "heartbeat", "--kernel", "epsilon"], "--kernel binomial"),
+    "schedule with binomial": (lambda p: ["--dataset", "heartbeat", "--schedule", "cosine"], "schedule"),
+    "beta_1 with binomial": (lambda p: ["--dataset", "heartbeat", "--beta-1", "0.3"], "beta_1"),
+    "empty learned start": (lambda p: ["--schedule", "learned-"], "learned-"),
     "conv on vectors": (lambda p: ["--dataset", "swiss-roll", "--network", "conv"], "--network mlp"),
     "image size for vectors": (lambda p: ["--dataset", "swiss-roll", "--image-size", "8"], "image_size"),
     "image size too small": (lambda p: ["--dataset", "dead-leaves", "--image-size", "2"], "image_size"),
@@ -480,3 +484,88 @@ def test_posterior_needs_image_run(tmp_path, capsys):
 
     assert run_cli("inpaint", out) == 2
     assert "image" in capsys.readouterr().err
+
+
+def _optimizer_lrs(path):
+    state = torch.load(path, weights_only=True)["trainer"]["optimizer"]
+    return sorted(group["lr"] for value in state.values() for group in value["param_groups"])
+
+
+def test_resume_with_more_steps_spreads_decay(tmp_path):
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    base = ["--dataset", "swiss-roll", "--timesteps", "6", "--hidden-dim", "16", "--no-progress"]
+    assert run_cli("train", "--out", straight, "--steps", 40, *base) == 0
+    assert run_cli("train", "--out", resumed, "--steps", 20, *base) == 0
+
+    assert run_cli("train", "--out", resumed, "--steps", 40, "--resume", *base) == 0
+
+    for final, expected in zip(_optimizer_lrs(resumed / "checkpoint.pt"), _optimizer_lrs(straight / "checkpoint.pt")):
+        assert final == pytest.approx(expected, rel=1e-6)
+
+
+def test_failed_run_leaves_empty_folder_empty(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+
+    status = run_cli("train", "--dataset", "dead-leaves", "--image-size", 8, "--kernel", "binomial", "--out", out, *FAST)
+
+    assert status == 2
+    assert list(out.iterdir()) == []
+
+
+def test_evaluate_defaults_to_run_seed(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--seed", 3, "--out", out, *FAST) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+
+    assert run_cli("evaluate", out) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())
+
+    assert evaluated["heldout_elbo_bits"] == trained["heldout_elbo_bits"]
+
+
+def test_binomial_kernel_on_binary_array(tmp_path):
+    path = tmp_path / "bits.npy"
+    np.save(path, (np.random.default_rng(5).random((40, 6)) < 0.3).astype(np.float32))
+    out = tmp_path / "run"
+
+    assert run_cli("train", "--data", path, "--kernel", "binomial", "--out", out, *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["l_null_bits"] < 0
+    assert run_cli("sample", out, "--num-samples", 4) == 0
+    samples = torch.load(out / "samples.pt")
+    assert set(samples.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_heldout_figure_uses_stored_levels():
+    from pyro_diffusion.experiment import RunConfig, prepare_data
+
+    prepared = prepare_data(RunConfig().resolved())
+
+    shown = prepared.heldout_in_data_units()
+    assert shown.shape == (len(prepared.heldout), 8, 8)
+    assert torch.equal(shown.reshape(len(shown), -1), prepared.heldout)
+
+
+@pytest.mark.parametrize("extra", [["--sampling-steps", "3", "--eta", "0"], ["--sampling-steps", "6"]])
+def test_sample_few_steps(tmp_path, extra):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+
+    assert run_cli("sample", out, "--num-samples", 5, "--out", tmp_path / "few.png", *extra) == 0
+    samples = torch.load(tmp_path / "few.pt")
+    assert samples.shape == (5, 2)
+    assert torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize(
+    "extra, message", [(["--eta", "0"], "--sampling-steps"), (["--sampling-steps", "7"], "sampling_steps")]
+)
+def test_sample_few_steps_bad_input(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    capsys.readouterr()
+
+    assert run_cli("sample", out, *extra) == 2
+    assert message in capsys.readouterr().err

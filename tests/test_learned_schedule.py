@@ -174,3 +174,15 @@ def test_svi_learns_betas_improves_bound():
     noise = math.hypot(learned["elbo_bits_stderr"], fixed["elbo_bits_stderr"])
     assert improvement > 0.15
     assert improvement > 4 * noise
+
+
+def test_cached_tables_follow_parameter_updates():
+    learned = LearnedBetaSchedule(paper_betas(6))
+    other = LearnedBetaSchedule(make_betas("cosine", 6))
+    with torch.no_grad():
+        before = learned.alphas_bar.clone()
+        learned.load_state_dict(other.state_dict())
+        after = learned.alphas_bar
+
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, other.alphas_bar.detach())

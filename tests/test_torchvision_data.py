@@ -55,7 +55,7 @@ def test_train_and_evaluate_mnist_offline(mnist_root, tmp_path):
     root, _ = mnist_root
     out = tmp_path / "run"
 
-    assert main(["train", "--dataset", "mnist", "--data-root", str(root), "--network", "conv", "--out", str(out), *FAST]) == 0
+    assert main(["train", "--dataset", "mnist", "--data-root", str(root), "--out", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dimension"] == 784
     assert metrics["heldout_examples"] == 256

@@ -72,7 +72,7 @@ def load_torchvision_split(name, root, download=False):
 
     kind = TorchvisionDataset.parse(name)
     if root is None:
-        raise ValueError(f"data set {kind.value!r} needs --data-root: the folder that holds (or will hold) its files")
+        raise ValueError(f"data set {kind.value!r} needs --data-root: the folder that contains (or will contain) its files")
     folder, files = _expected_files(kind, root)
     missing = [file for file in files if not (folder / file).is_file()]
     if missing and not download:
