@@ -16,8 +16,9 @@ model/guide pair in :mod:`pyro_diffusion.model`, splits into three parts:
 example and the diffusion part at one step per example drawn from a
 proposal :math:`\pi(t)` and weighted by :math:`1 / \pi(t)`. Each KL is
 analytic. Its expectation is the bound, so it trains the same objective as
-``Trace_ELBO`` on the full pair at the cost of three network evaluations
-per example instead of ``T``.
+``Trace_ELBO`` on the full pair at the cost of two network evaluations per
+example (the step's kernel and the decoder; the prior part needs none)
+instead of ``T``.
 """
 
 import torch

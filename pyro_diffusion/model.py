@@ -84,6 +84,7 @@ class DiffusionModel(PyroModule):
                 f"{type(reverse).__name__} gives the distribution of x_0 itself: build the model without a decoder"
             )
         self.decoder = decoder
+        self._registered = {}
         self.event_shape = torch.Size(reverse.event_shape)
         if forward_process.event_dim != len(self.event_shape):
             raise ValueError(
@@ -111,12 +112,24 @@ class DiffusionModel(PyroModule):
         module = getattr(self, part)
         prefix = f"{self._pyro_name}.{part}"
         store = pyro.get_param_store()
-        for name, parameter in module.named_parameters():
-            full_name = param_with_module_name(prefix, name)
-            if full_name in store and store.get_param(full_name) is not parameter:
-                logger.debug("replacing stale param store entry %s", full_name)
-                del store[full_name]
+        # The full scan for stale entries runs when the store, its size, the
+        # tensors or the store's entry for the first tensor have changed
+        # since the last call (another model under the same name replaces
+        # that entry); otherwise the call only records the parameters.
+        parameters = list(module.named_parameters())
+        key = (id(store), len(store), tuple(id(p) for _, p in parameters))
+        first_is_ours = bool(parameters) and (
+            param_with_module_name(prefix, parameters[0][0]) in store
+            and store.get_param(param_with_module_name(prefix, parameters[0][0])) is parameters[0][1]
+        )
+        if self._registered.get(part) != key or not first_is_ours:
+            for name, parameter in module.named_parameters():
+                full_name = param_with_module_name(prefix, name)
+                if full_name in store and store.get_param(full_name) is not parameter:
+                    logger.debug("replacing stale param store entry %s", full_name)
+                    del store[full_name]
         pyro.module(prefix, module)
+        self._registered[part] = (id(store), len(store), tuple(id(p) for _, p in parameters))
 
     def _register_guide(self):
         if any(True for _ in self.forward_process.parameters()):

@@ -341,6 +341,28 @@ def test_same_name_second_model_trains():
     assert not torch.equal(first.reverse.net.output.bias, second.reverse.net.output.bias)
 
 
+def test_same_name_models_alternate():
+    def build():
+        forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
+        net = MLP(2, 4, 5, hidden_dim=8, num_blocks=1)
+        return DiffusionModel(forward, EpsilonReverse(forward, net, (2,)), name="alternating")
+
+    x0 = torch.randn(16, 2)
+    first, second = build(), build()
+    first_svi = SVI(first.model, first.guide, Adam({"lr": 1e-2}), TimestepELBO())
+    second_svi = SVI(second.model, second.guide, Adam({"lr": 1e-2}), TimestepELBO())
+    first_svi.step(x0)
+    second_svi.step(x0)
+    before = first.reverse.net.output.bias.detach().clone()
+
+    first_svi.step(x0)
+
+    assert not torch.equal(before, first.reverse.net.output.bias)
+    store = pyro.get_param_store()
+    name = "alternating.reverse$$$net.output.bias"
+    assert store.get_param(name) is first.reverse.net.output.bias
+
+
 def test_event_dim_mismatch_raises():
     forward = GaussianForward(BetaSchedule.from_name("cosine", 5))
     net = MLP(16, 16, 5, hidden_dim=8, num_blocks=1)
