@@ -66,6 +66,11 @@ __all__ = [
 
 LOG_2PI = math.log(2 * math.pi)
 
+#: The smallest positive observation noise, on the model's scale where the
+#: data have variance 1. Below it, precisions overflow in float32; an exact
+#: observation (noise 0) is the limit and is handled exactly.
+MIN_NOISE_SCALE = 1e-6
+
 
 class Observation:
     r"""
@@ -85,6 +90,8 @@ class Observation:
     def __init__(self, values, mask=None, noise_scale=0.0):
         if not torch.is_tensor(values) or not values.is_floating_point() or values.dim() < 2:
             raise ValueError("values must be a floating-point tensor of shape [N] + event_shape")
+        if values.shape[0] < 1:
+            raise ValueError("the observation has no examples: pass values of shape [N] + event_shape with N >= 1")
         if mask is None:
             mask = torch.ones_like(values, dtype=torch.bool)
         mask = torch.as_tensor(mask, device=values.device)
@@ -101,6 +108,11 @@ class Observation:
         if not (math.isfinite(noise_scale) and noise_scale >= 0):
             raise ValueError(
                 f"noise_scale = {noise_scale!r} is invalid: pass the observation noise's standard deviation, >= 0"
+            )
+        if 0 < noise_scale < MIN_NOISE_SCALE:
+            raise ValueError(
+                f"noise_scale = {noise_scale!r} is below {MIN_NOISE_SCALE} on the model's unit-variance scale, where "
+                "the Gaussian factors overflow: pass 0 to observe the coordinates exactly"
             )
         if not torch.isfinite(values[mask]).all():
             raise ValueError("the observed values contain NaN or infinity: mark those coordinates unobserved")

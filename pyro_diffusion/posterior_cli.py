@@ -4,13 +4,14 @@ images of a trained run, with a PNG figure and an ``.npz`` of the arrays.
 """
 
 import enum
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .conditioning import Observation, product_sample, smc_sample
+from .conditioning import MIN_NOISE_SCALE, Observation, product_sample, smc_sample
 from .options import parse_option
 
 __all__ = ["MaskKind", "Sampler", "add_posterior_commands", "image_mask", "run_posterior"]
@@ -115,11 +116,18 @@ def run_posterior(args, load_run, usage_error):
         raise usage_error(f"--particles must be >= 1, got {args.particles}")
     if args.num_images < 1:
         raise usage_error(f"--num-images must be >= 1, got {args.num_images}")
-    if args.command == "denoise" and not args.sigma > 0:
-        raise usage_error(f"--sigma must be > 0, got {args.sigma}")
+    if args.command == "denoise" and not (args.sigma > 0 and math.isfinite(args.sigma)):
+        raise usage_error(f"--sigma must be a finite number > 0, got {args.sigma}")
+    if args.command == "denoise" and args.sigma < MIN_NOISE_SCALE:
+        raise usage_error(
+            f"--sigma {args.sigma} is below {MIN_NOISE_SCALE}, where the Gaussian factors overflow: "
+            "use inpaint to observe pixels exactly"
+        )
     if args.command == "inpaint":
         parse_option(MaskKind, args.mask, "mask")
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise usage_error(f"run folder {run_dir} not found: pass a folder written by 'pyro-diffusion train'")
     png_path = Path(args.out) if args.out else run_dir / f"{args.command}.png"
     if png_path.suffix.lower() != ".png":
         raise usage_error(f"--out {png_path} must end in .png (the arrays go beside it as .npz)")
@@ -127,7 +135,10 @@ def run_posterior(args, load_run, usage_error):
         raise usage_error(f"--out {png_path}: the folder {png_path.parent} does not exist")
     _, _, diffusion, data = load_run(run_dir)
     if data.image_shape is None:
-        raise usage_error(f"{run_dir} was not trained on images: {args.command} needs an image run (digits, dead-leaves, textures)")
+        raise usage_error(
+            f"{run_dir} was not trained on images: {args.command} needs an image run (digits, dead-leaves, "
+            "textures, mnist, fashion-mnist, cifar10 or an array of images)"
+        )
 
     generator = torch.Generator().manual_seed(args.seed)
     truth = data.heldout[: args.num_images]

@@ -462,6 +462,8 @@ def test_posterior_commands_write_figure_and_arrays(tmp_path, command, extra):
     "args, message",
     [
         (["denoise", "--sigma", "0"], "--sigma"),
+        (["denoise", "--sigma", "1e-20"], "--sigma"),
+        (["denoise", "--sigma", "inf"], "--sigma"),
         (["inpaint", "--mask", "diagonal"], "diagonal"),
         (["inpaint", "--particles", "0"], "--particles"),
         (["inpaint", "--sampler", "gibbs"], "gibbs"),

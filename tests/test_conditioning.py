@@ -302,3 +302,15 @@ def test_start_level_denoising_of_standard_data():
     start = math.sqrt(alpha_bar) * noisy[0]
     torch.testing.assert_close(samples.mean(0), math.sqrt(alpha_bar) * start, atol=0.03, rtol=0)
     torch.testing.assert_close(samples.var(0), torch.full((3,), 1 - alpha_bar), atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Observation(torch.zeros(2, 3), noise_scale=1e-20), "pass 0"),
+        (lambda: Observation(torch.zeros(0, 3)), "no examples"),
+    ],
+)
+def test_degenerate_observation_raises(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

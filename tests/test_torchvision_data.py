@@ -82,3 +82,17 @@ def test_bad_torchvision_options(tmp_path, capsys, args, message):
     error = capsys.readouterr().err
     assert message in error
     assert not out.exists()
+
+
+def test_truncated_file_named(mnist_root, tmp_path):
+    root, _ = mnist_root
+    copy = tmp_path / "copy"
+    raw = copy / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX_FILES:
+        (raw / name).write_bytes((root / "MNIST" / "raw" / name).read_bytes())
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_torchvision_split("mnist", copy)

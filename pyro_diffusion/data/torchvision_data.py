@@ -87,7 +87,14 @@ def load_torchvision_split(name, root, download=False):
     }
     splits = []
     for train in (True, False):
-        dataset = classes[kind](str(root), train=train, download=download)
+        try:
+            dataset = classes[kind](str(root), train=train, download=download)
+        except RuntimeError as error:
+            reason = " ".join(str(error).split())[:200]
+            raise ValueError(
+                f"torchvision could not read {folder} ({reason}): the files may be truncated or corrupt; "
+                "replace them"
+            ) from error
         data = torch.as_tensor(np.asarray(dataset.data))
         # MNIST-style data are [N, H, W]; CIFAR-10's are [N, H, W, C].
         data = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
