@@ -455,6 +455,8 @@ def _sample(args):
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder {run_dir} not found: pass a folder written by 'pyro-diffusion train'")
     png_path = Path(args.out) if args.out else run_dir / "samples.png"
     if png_path.suffix.lower() != ".png":
         raise UsageError(f"--out {png_path} must end in .png (the samples go beside it as a .pt file)")

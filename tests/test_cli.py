@@ -571,3 +571,13 @@ def test_sample_few_steps_bad_input(tmp_path, capsys, extra, message):
 
     assert run_cli("sample", out, *extra) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sample", "inpaint"])
+def test_missing_run_folder_named(tmp_path, capsys, command):
+    missing = tmp_path / "missing"
+
+    assert run_cli(command, missing) == 2
+    error = capsys.readouterr().err
+    assert "run folder" in error
+    assert "--out" not in error
