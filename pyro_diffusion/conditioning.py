@@ -92,6 +92,7 @@ class Observation:
             raise ValueError("values must be a floating-point tensor of shape [N] + event_shape")
         if values.shape[0] < 1:
             raise ValueError("the observation has no examples: pass values of shape [N] + event_shape with N >= 1")
+
         if mask is None:
             mask = torch.ones_like(values, dtype=torch.bool)
         mask = torch.as_tensor(mask, device=values.device)
@@ -104,6 +105,7 @@ class Observation:
                 f"a mask of shape {tuple(mask.shape)} does not broadcast to the observed values of shape "
                 f"{tuple(values.shape)}: pass a mask of shape {tuple(values.shape)} or one that broadcasts to it"
             ) from None
+
         noise_scale = float(noise_scale)
         if not (math.isfinite(noise_scale) and noise_scale >= 0):
             raise ValueError(
@@ -114,8 +116,10 @@ class Observation:
                 f"noise_scale = {noise_scale!r} is below {MIN_NOISE_SCALE} on the model's unit-variance scale, where "
                 "the Gaussian factors overflow: pass 0 to observe the coordinates exactly"
             )
+
         if not torch.isfinite(values[mask]).all():
             raise ValueError("the observed values contain NaN or infinity: mark those coordinates unobserved")
+
         self.values = torch.where(mask, values, torch.zeros_like(values))
         self.mask = mask
         self.noise_scale = noise_scale
@@ -457,8 +461,8 @@ def condition(model, data, *args, **kwargs):
     names = [name for name, site in trace.nodes.items() if site["type"] == "sample"]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        shown = ", ".join(names if len(names) <= 4 else names[:3] + ["..."] + names[-1:])
-        raise ValueError(f"no sample site named {', '.join(map(repr, unknown))} in the model; its sites are {shown}")
+        listed = ", ".join(names if len(names) <= 4 else names[:3] + ["..."] + names[-1:])
+        raise ValueError(f"no sample site named {', '.join(map(repr, unknown))} in the model; its sites are {listed}")
     return poutine.condition(model, data)
 
 

@@ -339,7 +339,7 @@ class PreparedData:
         return x
 
     def heldout_in_data_units(self):
-        """The held-out examples in the data's units and shape; integer levels stay as they are."""
+        """Return the held-out examples in the data's units and shape, with integer levels left as they are."""
         heldout = self.heldout
         if self.dequantization is None:
             return self.to_data_units(heldout)

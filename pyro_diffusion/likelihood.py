@@ -200,12 +200,12 @@ def importance_log_likelihood(diffusion, x0, num_samples, generator=None):
     return torch.logsumexp(torch.cat(chunks), 0) - math.log(num_samples)
 
 
-#: The most forward trajectories that :func:`importance_log_likelihood` runs at once.
+#: The maximum number of forward trajectories that :func:`importance_log_likelihood` runs at once.
 MAX_TRAJECTORY_ROWS = 8192
 
 
 def _importance_log_weights(diffusion, x0, num_samples, generator):
-    """The log importance weights of ``num_samples`` trajectories per example, shape ``[K, N]``."""
+    """Compute the log importance weights of ``num_samples`` trajectories per example, shape ``[K, N]``."""
     forward = diffusion.forward_process
     reverse = diffusion.reverse
     T = diffusion.num_steps

@@ -113,9 +113,9 @@ class DiffusionModel(PyroModule):
         prefix = f"{self._pyro_name}.{part}"
         store = pyro.get_param_store()
         # The full scan for stale entries runs when the store, its size, the
-        # tensors or the store's entry for the first tensor have changed
-        # since the last call (another model under the same name replaces
-        # that entry); otherwise the call only records the parameters.
+        # tensors or the store's entry for the first tensor changed since the
+        # last call, as when another model under the same name registered.
+        # Otherwise the call only records the parameters in the trace.
         parameters = list(module.named_parameters())
         key = (id(store), len(store), tuple(id(p) for _, p in parameters))
         first_is_ours = bool(parameters) and (

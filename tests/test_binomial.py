@@ -219,7 +219,7 @@ def test_x0_prediction_of_known_data_is_forward_posterior(num_steps, data):
     torch.testing.assert_close(probs, expected.float(), atol=2e-6, rtol=1e-4)
 
 
-def test_x0_prediction_mixes_posteriors_and_is_data_at_step_one():
+def test_x0_prediction_mixture_and_first_step():
     forward = BinomialForward(num_steps=6)
     s = torch.tensor([[0.2, 0.7, 0.5]])
     kernel = BernoulliReverse(forward, _ConstantNet(torch.logit(s)), (3,), prediction="x0")

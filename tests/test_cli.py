@@ -545,9 +545,9 @@ def test_heldout_figure_uses_stored_levels():
 
     prepared = prepare_data(RunConfig().resolved())
 
-    shown = prepared.heldout_in_data_units()
-    assert shown.shape == (len(prepared.heldout), 8, 8)
-    assert torch.equal(shown.reshape(len(shown), -1), prepared.heldout)
+    levels = prepared.heldout_in_data_units()
+    assert levels.shape == (len(prepared.heldout), 8, 8)
+    assert torch.equal(levels.reshape(len(levels), -1), prepared.heldout)
 
 
 @pytest.mark.parametrize("extra", [["--sampling-steps", "3", "--eta", "0"], ["--sampling-steps", "6"]])

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .image_input import check_flat_images, check_image_shape
 from .temporal import GaussianBumps
 
 __all__ = ["MultiScaleConvNet"]
@@ -99,23 +100,6 @@ class _MultiScaleConv(nn.Module):
         # An average rather than a plain sum keeps the activation scale at
         # initialization independent of num_scales.
         return F.softplus(total / len(self.convs))
-
-
-def _check_image_shape(image_shape):
-    message = (
-        "invalid image_shape for MultiScaleConvNet: expected (channels, height, width), "
-        f"three positive integers, got {image_shape!r}"
-    )
-    try:
-        sizes = tuple(image_shape)
-    except TypeError:
-        raise ValueError(message) from None
-    if len(sizes) != 3:
-        raise ValueError(message)
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise ValueError(message)
-    return tuple(int(size) for size in sizes)
 
 
 class MultiScaleConvNet(nn.Module):
@@ -166,7 +150,7 @@ class MultiScaleConvNet(nn.Module):
         dropout=0.0,
     ):
         super().__init__()
-        self.image_shape = _check_image_shape(image_shape)
+        self.image_shape = check_image_shape(image_shape, "MultiScaleConvNet")
         if dense_channels is None:
             dense_channels = channels
         minimums = [
@@ -226,24 +210,6 @@ class MultiScaleConvNet(nn.Module):
         nn.init.zeros_(self.readout.weight)
         nn.init.zeros_(self.readout.bias)
 
-    def _check_input(self, x, t):
-        if x.dim() != 2 or x.shape[-1] != self.data_dim:
-            if x.dim() == 4:
-                hint = "flatten each image with x.reshape(N, -1)"
-            else:
-                hint = "pass one flattened image per row"
-            raise ValueError(
-                f"MultiScaleConvNet was built for images of shape {self.image_shape}, "
-                f"{self.data_dim} values per example, but got input of shape {tuple(x.shape)}: "
-                f"the input must have shape [N, {self.data_dim}], so {hint}"
-            )
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, x.shape[0])):
-            raise ValueError(
-                f"invalid t for MultiScaleConvNet: expected one time step per example, shape "
-                f"[{x.shape[0]}], or one shared step, shape [1] or [], but got shape "
-                f"{tuple(t.shape)}"
-            )
-
     def forward(self, x, t):
         """
         :param torch.Tensor x: :math:`x_t` flattened, shape ``[N, C * H * W]``.
@@ -254,7 +220,7 @@ class MultiScaleConvNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
-        self._check_input(x, t)
+        check_flat_images("MultiScaleConvNet", self.image_shape, x, t)
         num_examples = x.shape[0]
         num_colors, height, width = self.image_shape
 

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .image_input import check_flat_images, check_image_shape
 from .temporal import SinusoidalEmbedding
 
 __all__ = ["UNet"]
@@ -144,23 +145,6 @@ class _Upsample(nn.Module):
     def forward(self, h, size):
         h = F.interpolate(h, scale_factor=2, mode="nearest")
         return self.conv(h[..., : size[0], : size[1]])
-
-
-def _check_image_shape(image_shape):
-    message = (
-        "invalid image_shape for UNet: expected (channels, height, width), "
-        f"three positive integers, got {image_shape!r}"
-    )
-    try:
-        sizes = tuple(image_shape)
-    except TypeError:
-        raise ValueError(message) from None
-    if len(sizes) != 3:
-        raise ValueError(message)
-    for size in sizes:
-        if not _is_integer(size) or size < 1:
-            raise ValueError(message)
-    return tuple(int(size) for size in sizes)
 
 
 def _check_channel_multipliers(channel_multipliers):
@@ -266,7 +250,7 @@ class UNet(nn.Module):
         attention=False,
     ):
         super().__init__()
-        self.image_shape = _check_image_shape(image_shape)
+        self.image_shape = check_image_shape(image_shape, "UNet")
         multipliers = _check_channel_multipliers(channel_multipliers)
         _check_sizes(num_outputs, num_steps, channels, num_res_blocks, dropout)
         _check_level_count(multipliers, self.image_shape)
@@ -332,24 +316,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.readout.weight)
         nn.init.zeros_(self.readout.bias)
 
-    def _check_input(self, x, t):
-        if x.dim() != 2 or x.shape[-1] != self.data_dim:
-            if x.dim() == 4:
-                hint = "flatten each image with x.reshape(N, -1)"
-            else:
-                hint = "pass one flattened image per row"
-            raise ValueError(
-                f"UNet was built for images of shape {self.image_shape}, "
-                f"{self.data_dim} values per example, but got input of shape {tuple(x.shape)}: "
-                f"the input must have shape [N, {self.data_dim}], so {hint}"
-            )
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, x.shape[0])):
-            raise ValueError(
-                f"invalid t for UNet: expected one time step per example, shape "
-                f"[{x.shape[0]}], or one shared step, shape [1] or [], but got shape "
-                f"{tuple(t.shape)}"
-            )
-
     def forward(self, x, t):
         """
         :param torch.Tensor x: :math:`x_t` flattened, shape ``[N, C * H * W]``.
@@ -360,7 +326,7 @@ class UNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
-        self._check_input(x, t)
+        check_flat_images("UNet", self.image_shape, x, t)
         num_examples = x.shape[0]
         time_features = self.time_embedding(t.expand(num_examples))
 
