@@ -9,7 +9,6 @@ The table replaces its section of docs/benchmarks.md.
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil

@@ -21,6 +21,7 @@ from .likelihood import (
 )
 from .model import DiffusionModel
 from .nets import MLP, MultiScaleConvNet, UNet
+from .optim import JointOptim, joint_adam, joint_clipped_adam
 from .reverse import EpsilonReverse, PaperReverse, ReverseKernel, ReverseVariance
 from .schedules import BetaSchedule, LearnedBetaSchedule, ScheduleKind, cosine_betas, linear_betas, make_betas, paper_betas
 from .timesteps import ImportanceTimesteps, UniformTimesteps, subsample_timesteps
@@ -39,6 +40,7 @@ __all__ = [
     "GaussianDecoder",
     "GaussianForward",
     "ImportanceTimesteps",
+    "JointOptim",
     "LearnedBetaSchedule",
     "MLP",
     "MultiScaleConvNet",
@@ -59,6 +61,8 @@ __all__ = [
     "heldout_bound",
     "heldout_importance_log_likelihood",
     "importance_log_likelihood",
+    "joint_adam",
+    "joint_clipped_adam",
     "linear_betas",
     "make_betas",
     "paper_betas",

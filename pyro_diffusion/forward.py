@@ -79,7 +79,9 @@ class GaussianForward(nn.Module):
         return self.schedule.num_steps
 
     def _normal(self, loc, variance):
-        return dist.Normal(loc, variance.sqrt().expand_as(loc)).to_event(self.event_dim)
+        # The variances come from a validated schedule and are positive, so
+        # PyTorch's argument checks would only repeat work on every step.
+        return dist.Normal(loc, variance.sqrt().expand_as(loc), validate_args=False).to_event(self.event_dim)
 
     def step(self, x_prev, t):
         r"""
@@ -168,7 +170,7 @@ class GaussianForward(nn.Module):
     def stationary(self, shape, dtype, device):
         """Return the stationary distribution, the standard normal, with ``batch_shape + event_shape = shape``."""
         zeros = torch.zeros(shape, dtype=dtype, device=device)
-        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
+        return dist.Normal(zeros, torch.ones_like(zeros), validate_args=False).to_event(self.event_dim)
 
     def check_data(self, x0):
         """Accept any finite real data; the model checks finiteness."""

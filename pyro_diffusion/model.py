@@ -25,10 +25,13 @@ all inside the plate ``"data"`` over examples:
 
 Under the handler :class:`~pyro_diffusion.timesteps.subsample_timesteps`
 both programs switch to a one-step form used by
-:class:`~pyro_diffusion.elbo.TimestepELBO`, with sites ``"x_T"``, ``"x_t"``
-(one random step per example), ``"x_prev"`` (its predecessor, weighted by
-the inverse proposal probability), ``"x_1"`` and ``"x_0"``. That form is a
-training program for the bound, not a generative model.
+:class:`~pyro_diffusion.elbo.TimestepELBO`, with sites ``"x_T"``,
+``"x_prev"`` (the predecessor of one random step ``t`` per example, weighted
+by the inverse proposal probability) and ``"x_0"``. The states
+:math:`x_t \sim q(x_t \mid x_0)` and :math:`x_1 \sim q(x_1 \mid x_0)` the
+terms are evaluated at are drawn by the guide and passed to the model
+through the handler. That form is a training program for the bound, not a
+generative model.
 
 References
 
@@ -128,7 +131,11 @@ class DiffusionModel(PyroModule):
                 if full_name in store and store.get_param(full_name) is not parameter:
                     logger.debug("replacing stale param store entry %s", full_name)
                     del store[full_name]
-        pyro.module(prefix, module)
+        # What pyro.module does, on the list already in hand: each parameter
+        # that requires a gradient becomes a param site of the trace.
+        for name, parameter in parameters:
+            if parameter.requires_grad:
+                pyro.param(param_with_module_name(prefix, name), parameter)
         self._registered[part] = (id(store), len(store), tuple(id(p) for _, p in parameters))
 
     def _register_guide(self):
@@ -295,7 +302,6 @@ class DiffusionModel(PyroModule):
             raise ValueError("the one-step training program needs data x0")
         self._check_data(x0)
         self._register()
-        forward = self.forward_process
         T = self.num_steps
         batch_size = x0.shape[0]
         with pyro.plate("data", batch_size):
@@ -303,14 +309,21 @@ class DiffusionModel(PyroModule):
             if T == 1:
                 return self._decode(x_last, x0)
             t, weight = handler.current(batch_size, T, x0.device)
-            # The model's x_t and x_1 carry the forward marginal, the same
-            # distribution as the guide's, so their KL terms are zero and
-            # they only supply the states each term is evaluated at.
-            x_t = pyro.sample("x_t", forward.marginal(x0, t))
+            # x_t and x_1 follow the forward marginals in both programs, so
+            # their KL terms would be exactly zero: they are plain draws
+            # shared through the handler, not sample sites. The model draws
+            # its own only when it runs without the guide.
+            states = handler.states(x0)
+            x_t, x_1 = states if states is not None else self._forward_states(x0, t)
             with poutine.scale(scale=weight):
                 pyro.sample("x_prev", self.reverse.distribution(x_t, t))
-            x_1 = pyro.sample("x_1", forward.marginal(x0, 1))
             return self._decode(x_1, x0)
+
+    def _forward_states(self, x0, t):
+        # Calling a distribution draws as a Pyro sample site does: rsample
+        # where the distribution has one, so a learned schedule gets gradients.
+        forward = self.forward_process
+        return forward.marginal(x0, t)(), forward.marginal(x0, 1)()
 
     def _timestep_guide(self, x0, handler):
         self._check_data(x0)
@@ -323,10 +336,10 @@ class DiffusionModel(PyroModule):
             if T == 1:
                 return
             t, weight = handler.draw(batch_size, T, x0.device)
-            x_t = pyro.sample("x_t", forward.marginal(x0, t))
+            x_t = forward.marginal(x0, t)()
             with poutine.scale(scale=weight):
                 pyro.sample("x_prev", forward.posterior(x_t, x0, t))
-            pyro.sample("x_1", forward.marginal(x0, 1))
+            handler.record_states(x0, x_t, forward.marginal(x0, 1)())
 
     @torch.no_grad()
     def sample_steps(self, num_samples, generator=None):

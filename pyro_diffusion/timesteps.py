@@ -147,10 +147,12 @@ class subsample_timesteps(Messenger):
         self.generator = generator
         self.t = None
         self.weight = None
+        self._states = None
 
     def draw(self, batch_size, num_steps, device):
         """Draw and store new steps and weights, each of shape ``[N]``."""
         self.t, self.weight = self.sampler.draw(batch_size, num_steps, device, self.generator)
+        self._states = None
         return self.t, self.weight
 
     def current(self, batch_size, num_steps, device):
@@ -158,6 +160,29 @@ class subsample_timesteps(Messenger):
         if self.t is None or self.t.shape[0] != batch_size:
             return self.draw(batch_size, num_steps, device)
         return self.t, self.weight
+
+    def record_states(self, x0, x_t, x_1):
+        r"""
+        Store the guide's draws :math:`x_t \sim q(x_t \mid x_0)` and
+        :math:`x_1 \sim q(x_1 \mid x_0)` for the model replayed against it.
+
+        :param torch.Tensor x0: the data they were drawn for, ``[N] + event_shape``.
+        :param torch.Tensor x_t: shape ``[N] + event_shape``, at the stored steps.
+        :param torch.Tensor x_1: shape ``[N] + event_shape``.
+        """
+        self._states = (x0, self.t, x_t, x_1)
+
+    def states(self, x0):
+        """
+        :returns: ``(x_t, x_1)`` recorded for this very ``x0`` and the stored
+            steps, or ``None`` when the guide has not drawn them.
+        """
+        if self._states is None:
+            return None
+        data, t, x_t, x_1 = self._states
+        if data is not x0 or t is not self.t:
+            return None
+        return x_t, x_1
 
 
 def active_timestep_subsample():

@@ -13,10 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro.infer import SVI
-from pyro.optim import ClippedAdam
-
 from .elbo import TimestepELBO
 from .ema import ExponentialMovingAverage
+from .optim import joint_clipped_adam
 from .timesteps import ImportanceTimesteps, UniformTimesteps
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,8 @@ class Trainer:
         else:
             self.sampler = UniformTimesteps()
         decay = config.final_learning_rate_fraction ** (1.0 / max(config.steps, 1))
-        self.optimizer = ClippedAdam({"lr": config.learning_rate, "lrd": decay, "clip_norm": 10.0})
+        # Pyro's clipped Adam update, with one optimizer for all parameter tensors.
+        self.optimizer = joint_clipped_adam({"lr": config.learning_rate, "lrd": decay, "clip_norm": 10.0})
         self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, TimestepELBO(sampler=self.sampler))
         self.ema = ExponentialMovingAverage(diffusion, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
