@@ -188,6 +188,7 @@ def _check_model(diffusion, observation):
         raise ValueError(
             f"the observation has examples of shape {shape} but the model's are {tuple(diffusion.event_shape)}"
         )
+    diffusion.check_device(observation.values, "the observation's values")
 
 
 def _combine(loc, variance, target, target_variance, mask):

@@ -160,9 +160,29 @@ class DiffusionModel(PyroModule):
             )
         if x0.shape[0] == 0:
             raise ValueError("x0 is empty (0 examples): pass at least one example")
+        self.check_device(x0, "x0")
         self.forward_process.check_data(x0)
         if is_validation_enabled() and not torch.isfinite(x0).all():
             raise ValueError("x0 contains NaN or infinite values: remove or impute them")
+
+    @property
+    def device(self):
+        """The device of the model's tensors (its first buffer's)."""
+        return next(self.forward_process.buffers()).device
+
+    def check_device(self, value, name):
+        """
+        Raise ``ValueError`` unless the tensor ``value`` is on the model's device.
+
+        :param torch.Tensor value: an input of the model.
+        :param str name: its name in the message.
+        """
+        device = self.device
+        if value.device != device:
+            raise ValueError(
+                f"{name} is on device {value.device} but the model is on {device}: move it with "
+                f"{name}.to({str(device)!r}) or the model with .to({str(value.device)!r})"
+            )
 
     def _dtype(self):
         # The network sets the data's dtype; a learned schedule keeps its
@@ -190,7 +210,7 @@ class DiffusionModel(PyroModule):
         :param torch.Tensor like: a tensor whose dtype the result takes.
         :returns: a distribution with batch shape ``[N]``.
         """
-        device = next(self.forward_process.buffers()).device
+        device = self.device
         dtype = like.dtype if like is not None else self._dtype()
         return self.forward_process.stationary((batch_size,) + self.event_shape, dtype, device)
 

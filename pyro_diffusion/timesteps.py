@@ -42,6 +42,10 @@ class UniformTimesteps:
         """
         :returns: :math:`\\pi(t)` for ``t = 2..T``, shape ``[T - 1]``, float64.
         """
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(
+                f"time steps are drawn from 2..T, which needs an integer T >= 2, got {num_steps!r}"
+            )
         return torch.full((num_steps - 1,), 1.0 / (num_steps - 1), dtype=torch.float64)
 
     def draw(self, batch_size, num_steps, device=None, generator=None):

@@ -581,3 +581,70 @@ def test_missing_run_folder_named(tmp_path, capsys, command):
     error = capsys.readouterr().err
     assert "run folder" in error
     assert "--out" not in error
+
+
+def _trained_run(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    return out
+
+
+def _truncate(path):
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def _foreign(path):
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _foreign], ids=["truncated", "foreign"])
+@pytest.mark.parametrize("command", ["evaluate", "sample", "resume"])
+def test_damaged_checkpoint_named_and_left_alone(tmp_path, capsys, damage, command):
+    out = _trained_run(tmp_path)
+    checkpoint = out / "checkpoint.pt"
+    damage(checkpoint)
+    damaged = checkpoint.read_bytes()
+    capsys.readouterr()
+    if command == "resume":
+        args = ["train", "--dataset", "swiss-roll", "--out", out, "--resume", *FAST]
+    else:
+        args = [command, out]
+    assert run_cli(*args) == 2
+    error = capsys.readouterr().err
+    assert "checkpoint.pt is not a readable pyro-diffusion checkpoint" in error
+    assert checkpoint.read_bytes() == damaged
+
+
+def test_checkpoint_holds_everything_to_resume(tmp_path):
+    out = _trained_run(tmp_path)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    trainer = checkpoint["trainer"]
+    assert set(trainer) >= {"step", "model", "optimizer", "sampler", "ema", "torch_rng", "data_rng"}
+    assert trainer["step"] == 20
+    # The schedule travels with the model's tensors and the configuration.
+    assert any("schedule.betas" in name for name in trainer["model"])
+    assert checkpoint["config"]["schedule"] and checkpoint["config"]["timesteps"] == 6
+    # One optimizer state per parameter tensor of the network, each with its Adam moments.
+    optimized = {name.split("$$$")[-1] for name in trainer["optimizer"]}
+    assert optimized == {name[len("reverse."):] for name, _ in _model_parameters(checkpoint)}
+    for state in trainer["optimizer"].values():
+        assert {"exp_avg", "exp_avg_sq"} <= set(state["state"][0])
+
+
+def _model_parameters(checkpoint):
+    from pyro_diffusion.experiment import RunConfig, build_model
+
+    config = RunConfig(**checkpoint["config"])
+    return build_model(config, 2, None, None).named_parameters()
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    from pyro_diffusion.experiment import save_atomic
+
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"step": 1}, path)
+    with pytest.raises(Exception):
+        save_atomic({"step": 2, "unpicklable": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -379,3 +379,37 @@ def test_sample_follows_model_dtype():
     assert diffusion.sample(3).dtype == torch.float64
     with pytest.raises(ValueError, match="float32"):
         diffusion.model(torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("name", [None, "same"], ids=["default names", "one name"])
+def test_second_model_of_another_width_trains(name):
+    from pyro_diffusion.optim import joint_adam
+
+    def build(width):
+        forward = GaussianForward(BetaSchedule.from_name("linear", 5))
+        net = MLP(2, 4, 5, hidden_dim=width, num_blocks=1)
+        return DiffusionModel(forward, EpsilonReverse(forward, net, (2,)), name=name)
+
+    x0 = torch.randn(16, 2)
+    narrow = build(8)
+    SVI(narrow.model, narrow.guide, joint_adam({"lr": 1e-2}), TimestepELBO()).step(x0)
+    wide = build(32)
+    before = {key: p.detach().clone() for key, p in wide.named_parameters()}
+    svi = SVI(wide.model, wide.guide, joint_adam({"lr": 1e-2}), TimestepELBO())
+    for _ in range(3):
+        assert math.isfinite(svi.step(x0))
+    assert wide.reverse.net.input.weight.shape == (32, 2)
+    assert not torch.equal(before["reverse.net.output.bias"], wide.reverse.net.output.bias)
+    store = pyro.get_param_store()
+    assert store.get_param(f"{wide._pyro_name}.reverse$$$net.input.weight") is wide.reverse.net.input.weight
+
+
+def test_param_store_writer_of_the_leak_check():
+    pyro.param("leak_probe", torch.ones(2))
+    _random_model().model(torch.randn(4, DATA_DIM))
+    assert "leak_probe" in pyro.get_param_store()
+
+
+def test_param_store_reader_of_the_leak_check():
+    # Runs after the writer above: the fixture in conftest.py empties the store between tests.
+    assert len(pyro.get_param_store()) == 0

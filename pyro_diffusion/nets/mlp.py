@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..options import parse_option
+from .checks import time_steps
 from .temporal import GaussianBumps, SinusoidalEmbedding
 
 __all__ = ["MLP", "TimeConditioning"]
@@ -78,6 +79,7 @@ class MLP(nn.Module):
                 raise ValueError(f"MLP needs {name} >= 1, got {value}")
         self.time_conditioning = TimeConditioning.parse(time_conditioning)
         self.data_dim = int(data_dim)
+        self.num_steps = int(num_steps)
         self.out_dim = int(out_dim)
         self.input = nn.Linear(data_dim, hidden_dim)
         time_dim = 0
@@ -112,7 +114,7 @@ class MLP(nn.Module):
                 f"MLP was built for {self.data_dim} features but got input of shape "
                 f"{tuple(x.shape)}"
             )
-        t = t.expand(x.shape[:-1])
+        t = time_steps("MLP", t, self.num_steps, x).expand(x.shape[:-1])
         time_features = None
         if self.time_conditioning is TimeConditioning.EMBEDDING:
             time_features = self.time_embedding(t)

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .image_input import check_flat_images, check_image_shape
+from .checks import check_flat_images, check_image_shape, time_steps
 from .temporal import GaussianBumps
 
 __all__ = ["MultiScaleConvNet"]
@@ -202,6 +202,7 @@ class MultiScaleConvNet(nn.Module):
             in_channels = dense_channels
         self.dense = nn.Sequential(*dense)
 
+        self.num_steps = int(num_steps)
         self.bumps = GaussianBumps(num_steps, num_bumps)
         readout_channels = self.bumps.num_bumps * num_outputs * num_colors
         self.readout = nn.Conv2d(in_channels, readout_channels, kernel_size=1)
@@ -220,6 +221,7 @@ class MultiScaleConvNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
+        t = time_steps("MultiScaleConvNet", t, self.num_steps, x)
         check_flat_images("MultiScaleConvNet", self.image_shape, x, t)
         num_examples = x.shape[0]
         num_colors, height, width = self.image_shape

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .image_input import check_flat_images, check_image_shape
+from .checks import check_flat_images, check_image_shape, time_steps
 from .temporal import SinusoidalEmbedding
 
 __all__ = ["UNet"]
@@ -257,6 +257,7 @@ class UNet(nn.Module):
         num_colors, height, width = self.image_shape
 
         self.num_outputs = int(num_outputs)
+        self.num_steps = int(num_steps)
         self.data_dim = num_colors * height * width
         self.channel_multipliers = multipliers
         time_dim = 4 * channels
@@ -326,6 +327,7 @@ class UNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
+        t = time_steps("UNet", t, self.num_steps, x)
         check_flat_images("UNet", self.image_shape, x, t)
         num_examples = x.shape[0]
         time_features = self.time_embedding(t.expand(num_examples))

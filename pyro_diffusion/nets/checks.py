@@ -1,11 +1,44 @@
 """
-Checks shared by the image networks, which take each image flattened to a
-row of ``C * H * W`` values.
+Input checks shared by the networks: the time steps of every network, and
+the shapes of the image networks, which take each image flattened to a row
+of ``C * H * W`` values.
 """
 
 import numbers
 
-__all__ = ["check_flat_images", "check_image_shape"]
+import torch
+
+from pyro.poutine.util import is_validation_enabled
+
+__all__ = ["check_flat_images", "check_image_shape", "time_steps"]
+
+
+def time_steps(network, t, num_steps, x):
+    """
+    Turn ``t`` into an integer tensor on ``x``'s device and, while Pyro's
+    validation is enabled, check that every step lies in ``1..num_steps``
+    (the range check reads the values back from the device, so it follows
+    :func:`pyro.enable_validation`).
+
+    :param str network: the network's name, used in the messages.
+    :param t: an int or an integer tensor of time steps.
+    :param int num_steps: ``T``.
+    :param torch.Tensor x: the network's input.
+    :returns: ``t`` as a tensor.
+    :raises ValueError: naming the dtype or the first step out of range.
+    """
+    t = torch.as_tensor(t, device=x.device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{network} takes integer time steps, got a tensor of dtype {t.dtype}: pass t.long()")
+    if is_validation_enabled() and t.numel() > 0:
+        bad = (t < 1) | (t > num_steps)
+        if bad.any():
+            value = int(t[bad].flatten()[0])
+            raise ValueError(
+                f"{network} was built for time steps 1..{num_steps} but got t = {value}: "
+                f"build it with num_steps equal to the model's T"
+            )
+    return t
 
 
 def check_image_shape(image_shape, network):
