@@ -17,7 +17,7 @@ library step at several T, the full-trajectory ``Trace_ELBO`` step (with
 and without ``JitTrace_ELBO``), and the peak resident memory of a few
 U-Net training steps, each step kind in a fresh subprocess.
 
-Usage: python benchmarks/training_step.py [--rounds 100] [--unet-rounds 16] [--trace-rounds 6] [--profile]
+Usage: python benchmarks/training_step.py [--rounds 100] [--unet-rounds 16] [--trace-rounds 6] [--profile-steps 100]
 The tables replace their section of docs/benchmarks.md. The last line
 printed is the headline ratio.
 """
@@ -363,7 +363,7 @@ def gap_breakdown(case, rounds, warmup=5):
              step_without_validation, case.hand_step]
     names = ["library_forward", "hand_forward", "network", "registration", "library_step",
              "library_step_no_validation", "hand_step"]
-    seconds = medians(alternate(parts, rounds, warmup))
+    seconds = medians(alternate(parts, rounds, warmup, block=3))
     return {name: s * 1e3 for name, s in zip(names, seconds)} | {
         "num_parameters": sum(1 for _ in case.net.parameters()),
     }
@@ -470,19 +470,42 @@ def measure_memory(num_steps, steps):
     return results
 
 
-def profile_library_step(case, steps):
-    """Print the cProfile entries of the library step with the largest cumulative time."""
+#: Where the time of a profiled step goes, by the file of each function's own time (first match wins).
+PROFILE_COMPONENTS = (
+    ("autograd engine (backward pass)", lambda path, name: "run_backward" in name),
+    ("PyTorch operators (forward pass)", lambda path, name: path == "~" and "torch" in name),
+    ("torch.nn module calls (Python)", lambda path, name: "/torch/nn/" in path),
+    ("torch.optim (Python)", lambda path, name: "/torch/optim/" in path or "/pyro/optim/" in path),
+    ("torch.distributions (Python)", lambda path, name: "/torch/distributions/" in path),
+    ("Pyro: traces, handlers, param store, SVI", lambda path, name: "/pyro/" in path),
+    ("pyro_diffusion (Python)", lambda path, name: "/pyro_diffusion/" in path),
+    ("hand-written step (Python)", lambda path, name: "/benchmarks/" in path),
+)
+
+
+def profile_by_component(step, steps):
+    """
+    Run ``step`` ``steps`` times under cProfile and return the milliseconds
+    per step of each of ``PROFILE_COMPONENTS`` (plus "other"), from each
+    function's own time. The profiler adds a cost per Python call, so the
+    Python rows are inflated against a plain run.
+    """
     import cProfile
     import pstats
 
-    for _ in range(10):
-        case.library_step()
+    for _ in range(5):
+        step()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
-        case.library_step()
+        step()
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    totals = {label: 0.0 for label, _ in PROFILE_COMPONENTS}
+    totals["other"] = 0.0
+    for (path, _, name), (_, _, own_seconds, _, _) in pstats.Stats(profiler).stats.items():
+        label = next((label for label, match in PROFILE_COMPONENTS if match(path, name)), "other")
+        totals[label] += own_seconds * 1e3 / steps
+    return totals
 
 
 def verdict(met):
@@ -496,6 +519,7 @@ def command_line(args):
         f"--unet-rounds {args.unet_rounds}",
         f"--trace-rounds {args.trace_rounds}",
         f"--memory-steps {args.memory_steps}",
+        f"--profile-steps {args.profile_steps}",
     ]
     if args.skip_unet:
         parts.append("--skip-unet")
@@ -569,9 +593,34 @@ def breakdown_lines(case, breakdown):
         f"Of the {gap:.2f} ms between the steps, {forward_gap:.2f} ms is the forward pass outside the "
         f"network: Pyro's traces of the model and guide ({b['registration']:.2f} ms of it registers the "
         "parameter tensors one param site each, which SVI needs to find them), the distribution objects and "
-        f"the KL dispatch. Pyro's argument validation, on by default, costs {validation:.2f} ms per step. "
-        "The rest is the backward pass through the larger graph and SVI's own bookkeeping.",
+        f"the KL dispatch. Turning Pyro's argument validation off (it is on by default) changed the step by "
+        f"{-validation:+.2f} ms. The rest is the backward pass through the larger graph and SVI's own "
+        "bookkeeping; the profile below splits the whole step by component.",
     ]
+
+
+def profile_lines(args, case, profile):
+    library, hand = profile["library"], profile["hand"]
+    lines = [
+        "",
+        f"Profile, {case.label}, `{case.optimizer}`: {args.profile_steps} steps of each kind under cProfile, "
+        "each function's own time summed by where it lives, in ms per step. The profiler's cost per "
+        "Python call inflates the Python rows against the timings above.",
+        "",
+        "| where | library step | hand-written step | difference |",
+        "|---|---|---|---|",
+    ]
+    for label in library:
+        if library[label] < 0.005 and hand[label] < 0.005:
+            continue
+        lines.append(
+            f"| {label} | {library[label]:.2f} | {hand[label]:.2f} | {library[label] - hand[label]:+.2f} |"
+        )
+    lines.append(
+        f"| total | {sum(library.values()):.2f} | {sum(hand.values()):.2f} "
+        f"| {sum(library.values()) - sum(hand.values()):+.2f} |"
+    )
+    return lines
 
 
 def growth_lines(growth, trajectories, jits):
@@ -671,7 +720,7 @@ def main():
         "--memory-timesteps", type=int, default=1000, help="the number of diffusion steps T in the memory measurement"
     )
     parser.add_argument("--skip-unet", action="store_true", help="skip the U-Net timing comparison")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of the MLP library step")
+    parser.add_argument("--profile-steps", type=int, default=100, help="steps of each kind under cProfile")
     parser.add_argument("--memory-child", choices=["library", "hand"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -716,11 +765,16 @@ def main():
     print("memory:", memory, flush=True)
     total_seconds = time.perf_counter() - started
 
-    if args.profile:
-        profile_library_step(mlp_case(1000), 200)
+    profile_case = mlp_case(1000)
+    profile = {
+        "library": profile_by_component(profile_case.library_step, args.profile_steps),
+        "hand": profile_by_component(profile_case.hand_step, args.profile_steps),
+    }
+    print("profile:", profile, flush=True)
 
     lines = comparison_lines(args, comparisons, load_average, total_seconds)
     lines += breakdown_lines(breakdown_case, breakdown)
+    lines += profile_lines(args, profile_case, profile)
     lines += growth_lines(growth, trajectories, jits)
     lines += memory_lines(args, memory)
     write_section("Performance: training step", "\n".join(lines))
