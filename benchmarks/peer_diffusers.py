@@ -36,7 +36,6 @@ from torch.nn import functional as F
 
 import pyro
 from pyro.infer import SVI
-from pyro.optim import Adam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
@@ -50,7 +49,7 @@ from sampling import (  # noqa: E402
     machine_description,
 )
 
-from pyro_diffusion import TimestepELBO  # noqa: E402
+from pyro_diffusion import TimestepELBO, joint_adam  # noqa: E402
 
 try:
     import diffusers
@@ -283,7 +282,7 @@ def main():
     # Each training step gets its own copy of the same initial network.
     peer_step = DiffusersStep(copy.deepcopy(diffusion.reverse.net), scheduler)
     plain_step = PlainBoundStep(copy.deepcopy(diffusion.reverse.net), schedule)
-    svi = SVI(diffusion.model, diffusion.guide, Adam({"lr": LEARNING_RATE}), loss=TimestepELBO())
+    svi = SVI(diffusion.model, diffusion.guide, joint_adam({"lr": LEARNING_RATE}), loss=TimestepELBO())
     steps = {"library": svi.step, "diffusers": peer_step, "plain": plain_step}
     training = time_training(steps, batches, args.rounds, args.block_steps)
     if args.profile:
@@ -320,9 +319,9 @@ def main():
         f"wrapper), batch {BATCH_SIZE} of the digits' 64 standardized pixels, T = {TIMESTEPS}, the library's "
         f"{SCHEDULE} schedule passed to `DDPMScheduler` as `trained_betas` with `variance_type=\"fixed_small\"` "
         "and `clip_sample=False` (diffusers clips the predicted x_0 to [-1, 1] by default, the library does not). "
-        f"Adam with learning rate {LEARNING_RATE} on both sides: `pyro.optim.Adam` for SVI, which in pyro-ppl "
-        f"{pyro.__version__} keeps one `torch.optim.Adam` per parameter tensor ({num_tensors} here), and one `torch.optim.Adam` over all "
-        "parameters for the two plain steps. The steps of a table alternate after one warm-up block (or run) each, and "
+        f"Adam with learning rate {LEARNING_RATE} on both sides: the library's `joint_adam` for SVI, one "
+        f"`torch.optim.Adam` over all {num_tensors} parameter tensors (stock `pyro.optim.Adam` would keep one per "
+        "tensor), and one `torch.optim.Adam` over all parameters for the two plain steps. The steps of a table alternate after one warm-up block (or run) each, and "
         "the tables show medians.",
         "",
         "The losses differ. The diffusers step trains the simple noise loss of Ho et al. (2020), the mean "
