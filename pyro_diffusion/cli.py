@@ -29,6 +29,7 @@ from .experiment import (
 )
 from .likelihood import heldout_bound, heldout_importance_log_likelihood, nats_to_bits
 from .plots import save_image_comparison, save_scatter_comparison
+from .distributed import check_batch_size, placement_from_environment, process_group, run_on_all_ranks, run_on_main
 from .fewstep import sample_strided
 from .posterior_cli import add_posterior_commands, run_posterior
 from .train import Trainer
@@ -113,6 +114,19 @@ def _parser():
     train.add_argument("--seed", type=int, default=0, help="the seed of the split, the weights and the training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="split each process's share of the batch into A shards run one after another, summing their "
+        "gradients (default 1); --batch-size must be a multiple of the number of processes times A",
+    )
+    train.add_argument(
+        "--distributed-timeout",
+        type=float,
+        default=300.0,
+        help="under torchrun, the seconds a process waits for its peers at the rendezvous and at each step",
+    )
     _add_threads_option(train)
 
     sample = commands.add_parser("sample", help="draw samples from a trained run")
@@ -381,53 +395,114 @@ def _check_resume(saved_config, config, saved_step, out):
 
 def _train(args):
     config = _config_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / config.dataset
+    placement = placement_from_environment(args.accumulate)
+    check_batch_size(config.batch_size, placement)
+    if placement.world_size == 1:
+        return _train_process(args, config, placement)
+    if config.download:
+        raise UsageError(
+            "--download under torchrun: download once in a single process "
+            "(pyro-diffusion train --download --steps 0 ...), then launch without --download"
+        )
+    if not math.isfinite(args.distributed_timeout) or args.distributed_timeout <= 0:
+        raise UsageError(f"--distributed-timeout must be a positive number of seconds, got {args.distributed_timeout}")
+    if not placement.is_main:
+        # Rank 0 logs progress, and the other ranks log only warnings and errors.
+        logger.setLevel(logging.WARNING)
+    with process_group(placement, args.distributed_timeout):
+        try:
+            return _train_process(args, config, placement)
+        except torch.distributed.DistError as error:
+            reason = " ".join(str(error).split())[:300]
+            raise UsageError(
+                f"rank {placement.rank}: a collective call failed because a peer process stopped or timed out "
+                f"after --distributed-timeout {args.distributed_timeout:g} s ({type(error).__name__}: {reason}); "
+                "see the other ranks' errors for the cause"
+            ) from error
+
+
+def _open_run_folder(args, config, out):
+    """Check the run folder for a new or resumed run, and return the saved checkpoint or ``None``."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is an existing file: choose a folder path")
     checkpoint_path = out / CHECKPOINT
-    saved = None
     if args.resume:
         if not checkpoint_path.is_file():
             raise UsageError(f"--resume: {checkpoint_path} not found; train without --resume first")
         saved = _read_checkpoint(checkpoint_path)
         _check_resume(RunConfig(**saved["config"]), config, int(saved["trainer"]["step"]), out)
-    elif out.exists() and any(out.iterdir()):
+        return saved
+    if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
-    prepared = prepare_data(config)
+    return None
+
+
+def _train_process(args, config, placement):
+    """
+    Train in this process, one of ``placement.world_size``. Rank 0 alone
+    reads and writes the run folder and evaluates. The other ranks return 0
+    after the last step.
+    """
+    main = placement.is_main
+    out = Path(args.out) if args.out else Path("runs") / config.dataset
+    checkpoint_path = out / CHECKPOINT
+    saved = run_on_main(lambda: _open_run_folder(args, config, out), placement)
+    prepared = run_on_all_ranks(lambda: prepare_data(config), placement)
 
     # The seed fixes the initial weights as well as the training draws.
     torch.manual_seed(config.seed)
     decoder = prepared.dequantization.decoder() if prepared.dequantization else None
     diffusion = build_model(config, prepared.dim, decoder, prepared.example_shape)
-    trainer = Trainer(diffusion, prepared, config)
+    trainer = Trainer(diffusion, prepared, config, placement)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
+    if placement.num_shards > 1:
+        batch_size = min(config.batch_size, len(prepared.train))
+        if batch_size % placement.num_shards != 0:
+            raise UsageError(
+                f"the training split has {len(prepared.train)} examples, so each step's batch is {batch_size}, "
+                f"which does not split into {placement.num_shards} equal shards: pass --batch-size "
+                f"{batch_size // placement.num_shards * placement.num_shards}"
+            )
 
     created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the run folder {out} ({error.strerror}): choose another --out") from error
+
+    def create_folder():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create the run folder {out} ({error.strerror}): choose another --out") from error
+
+    run_on_main(create_folder, placement)
 
     def checkpoint():
-        save_atomic(
-            {"config": dataclasses.asdict(config), "trainer": trainer.state_dict(), "data": prepared.state_dict()},
-            checkpoint_path,
-        )
+        # Every rank builds the state, because that gathers the shards' random states. Rank 0 writes it.
+        state = {"config": dataclasses.asdict(config), "trainer": trainer.state_dict(), "data": prepared.state_dict()}
+        if main:
+            save_atomic(state, checkpoint_path)
 
     try:
-        save_atomic(prepared.heldout, out / HELDOUT)
-        write_json(out / "config.json", dataclasses.asdict(config))
+        if main:
+            save_atomic(prepared.heldout, out / HELDOUT)
+            write_json(out / "config.json", dataclasses.asdict(config))
         logger.info("training %s for %d steps with T = %d into %s", config.dataset, config.steps, config.timesteps, out)
-        trainer.fit(progress=not args.no_progress, on_checkpoint=checkpoint)
+        if placement.num_shards > 1:
+            logger.info(
+                "data parallel: %d process(es) times %d accumulated shard(s), %d examples per shard",
+                placement.world_size,
+                placement.accumulate,
+                min(config.batch_size, len(prepared.train)) // placement.num_shards,
+            )
+        trainer.fit(progress=main and not args.no_progress, on_checkpoint=checkpoint)
     except KeyboardInterrupt:
         checkpoint()
-        print(f"interrupted at step {trainer.step}; saved {checkpoint_path}; continue with --resume", file=sys.stderr)
+        if main:
+            print(f"interrupted at step {trainer.step}; saved {checkpoint_path}; continue with --resume", file=sys.stderr)
         return 130
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind:
         # neither a folder it created nor files it wrote into an empty one.
-        if saved is None and not checkpoint_path.exists():
+        if main and saved is None and not checkpoint_path.exists():
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             else:
@@ -435,6 +510,8 @@ def _train(args):
                     (out / name).unlink(missing_ok=True)
         raise
     checkpoint()
+    if not main:
+        return 0
 
     evaluation_model = trainer.evaluation_model()
     metrics = _evaluate(evaluation_model, config, prepared, baseline_bits_per_dim(prepared), trainer.step, config.seed)

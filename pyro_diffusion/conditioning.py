@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from .decoders import GaussianDecoder
 from .distributions import draw
@@ -459,7 +460,10 @@ def condition(model, data, *args, **kwargs):
     """
     with poutine.block():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    names = [name for name, site in trace.nodes.items() if site["type"] == "sample"]
+    # A plate's subsample is recorded as a sample site too; it cannot be conditioned.
+    names = [
+        name for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)
+    ]
     unknown = sorted(set(data) - set(names))
     if unknown:
         listed = ", ".join(names if len(names) <= 4 else names[:3] + ["..."] + names[-1:])

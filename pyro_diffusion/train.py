@@ -10,9 +10,11 @@ import threading
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro.infer import SVI
+
+from .distributed import Placement, ShardedELBO
 from .elbo import TimestepELBO
 from .ema import ExponentialMovingAverage
 from .optim import joint_clipped_adam
@@ -29,18 +31,27 @@ class _DeferredInterrupt:
     interrupted run stops between steps and its saved state resumes exactly.
     A second Ctrl-C interrupts at once. Only the main thread can install the
     handler; elsewhere Ctrl-C behaves as usual.
+
+    :param float repeat_window: seconds after the first Ctrl-C during which a
+        second one counts as the same. Under ``torchrun`` a Ctrl-C reaches each
+        worker twice, from the terminal and forwarded by the launcher.
     """
 
-    def __init__(self):
+    def __init__(self, repeat_window=0.0):
         self.requested = False
+        self.repeat_window = repeat_window
+        self._first = None
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):
         if self.requested:
+            if time.monotonic() - self._first < self.repeat_window:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._first = time.monotonic()
         logger.info("interrupt received: stopping after the current step")
 
     def restore(self):
@@ -57,9 +68,12 @@ class Trainer:
     :param DiffusionModel diffusion: the model to fit.
     :param PreparedData prepared: the data, see :mod:`pyro_diffusion.experiment`.
     :param RunConfig config: a resolved configuration.
+    :param Placement placement: this process's place in a data-parallel run
+        (see :mod:`pyro_diffusion.distributed`). With more than one shard per
+        global batch, SVI's loss is a :class:`~pyro_diffusion.distributed.ShardedELBO`.
     """
 
-    def __init__(self, diffusion, prepared, config):
+    def __init__(self, diffusion, prepared, config, placement=None):
         self.diffusion = diffusion
         self.prepared = prepared
         self.config = config
@@ -70,7 +84,12 @@ class Trainer:
         decay = config.final_learning_rate_fraction ** (1.0 / max(config.steps, 1))
         # Pyro's clipped Adam update, with one optimizer for all parameter tensors.
         self.optimizer = joint_clipped_adam({"lr": config.learning_rate, "lrd": decay, "clip_norm": 10.0})
-        self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, TimestepELBO(sampler=self.sampler))
+        self.placement = placement if placement is not None else Placement()
+        self.sharded = None
+        if self.placement.num_shards > 1:
+            self.sharded = ShardedELBO(diffusion, self.sampler, self.placement, config.seed)
+        loss = self.sharded if self.sharded is not None else TimestepELBO(sampler=self.sampler)
+        self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, loss)
         self.ema = ExponentialMovingAverage(diffusion, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
         self.seconds = 0.0
@@ -78,8 +97,11 @@ class Trainer:
         torch.manual_seed(config.seed)
 
     def state_dict(self):
-        """Everything needed to continue training where it stopped."""
-        return {
+        """
+        Everything needed to continue training where it stopped. With shards,
+        every rank must call it, because it gathers the shards' random states.
+        """
+        state = {
             "step": self.step,
             "total_steps": self.config.steps,
             "seconds": self.seconds,
@@ -90,8 +112,19 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "data_rng": self.data_generator.get_state(),
         }
+        if self.sharded is not None:
+            state["shards"] = self.placement.num_shards
+            state["shard_rng"] = self.sharded.gather_rng_states()
+        return state
 
     def load_state_dict(self, state):
+        saved_shards = int(state.get("shards", 1))
+        if saved_shards != self.placement.num_shards:
+            raise ValueError(
+                f"--resume: the run was trained with its batch in S = {saved_shards} shard(s) and this launch "
+                f"makes S = {self.placement.num_shards} (world size {self.placement.world_size} times --accumulate "
+                f"{self.placement.accumulate}): launch so that the world size times --accumulate is {saved_shards}"
+            )
         self.diffusion.load_state_dict(state["model"])
         self.optimizer.set_state(state["optimizer"])
         # The saved decay spreads the schedule over the saved --steps; a
@@ -103,6 +136,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.data_generator.set_state(state["data_rng"])
+        if self.sharded is not None:
+            self.sharded.load_rng_states(state["shard_rng"])
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
 
@@ -132,10 +167,12 @@ class Trainer:
             total=self.config.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True
         )
         started = time.perf_counter()
-        interrupt = _DeferredInterrupt()
+        interrupt = _DeferredInterrupt(repeat_window=2.0 if self.placement.world_size > 1 else 0.0)
+        if self.sharded is not None:
+            self.sharded.stop_requested = lambda: interrupt.requested
         try:
             while self.step < self.config.steps:
-                if interrupt.requested:
+                if self._stop_requested(interrupt):
                     raise KeyboardInterrupt
                 index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
                 batch = self.prepared.model_scale(train[index], self.data_generator)
@@ -158,7 +195,7 @@ class Trainer:
                     self.seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     on_checkpoint()
-            if interrupt.requested:
+            if self._stop_requested(interrupt):
                 raise KeyboardInterrupt
         finally:
             interrupt.restore()
@@ -167,6 +204,12 @@ class Trainer:
             self.diffusion.eval()
         logger.info("trained %d steps in %.1f s", self.step, self.seconds)
         return running
+
+    def _stop_requested(self, interrupt):
+        # Ranks stop at the step where any of them saw Ctrl-C, as the last step's all-reduce agreed.
+        if self.sharded is not None:
+            return self.sharded.stop_agreed
+        return interrupt.requested
 
     def _raise_if_diverged(self, error):
         diverged = error is None or any(
