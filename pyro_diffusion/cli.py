@@ -213,6 +213,16 @@ def _config_from_args(args):
     return config
 
 
+def _first_sentence(error, limit=200):
+    """The first sentence of an error's message on one line, cut at a word boundary past ``limit`` characters."""
+    text = " ".join(str(error).split())
+    end = text.find(". ")
+    text = text if end < 0 else text[: end + 1]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def _read_checkpoint(path):
     """Load a checkpoint as plain tensors and containers; pickled code is rejected."""
     try:
@@ -220,7 +230,7 @@ def _read_checkpoint(path):
         RunConfig(**checkpoint["config"])
         checkpoint["trainer"]["model"]
     except Exception as error:  # a truncated, foreign or tampered file
-        reason = " ".join(str(error).split())[:200]
+        reason = _first_sentence(error)
         raise UsageError(
             f"{path} is not a readable pyro-diffusion checkpoint ({type(error).__name__}: {reason}); "
             "train again or restore the file"
@@ -377,7 +387,8 @@ def _save_samples(diffusion, data, png_path, num_samples, seed, sampling_steps=N
 
 def _check_resume(saved_config, config, saved_step, out):
     differences = [
-        f"{field.name} (saved {getattr(saved_config, field.name)!r}, given {getattr(config, field.name)!r})"
+        f"{field.name} (saved {getattr(saved_config, field.name)!r}, now {getattr(config, field.name)!r}, "
+        "from the options or their defaults)"
         for field in dataclasses.fields(RunConfig)
         if field.name != "steps" and getattr(saved_config, field.name) != getattr(config, field.name)
     ]
@@ -428,12 +439,21 @@ def _open_run_folder(args, config, out):
     checkpoint_path = out / CHECKPOINT
     if args.resume:
         if not checkpoint_path.is_file():
-            raise UsageError(f"--resume: {checkpoint_path} not found; train without --resume first")
+            raise UsageError(
+                f"--resume: {checkpoint_path} not found, so the run stopped before its first checkpoint or never "
+                "started: train without --resume to start it again"
+            )
         saved = _read_checkpoint(checkpoint_path)
         _check_resume(RunConfig(**saved["config"]), config, int(saved["trainer"]["step"]), out)
         return saved
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
+    if out.exists():
+        names = {path.name for path in out.iterdir()}
+        # A run stopped before its first checkpoint leaves only these two
+        # files, which hold no training; a new run replaces them.
+        if names - {HELDOUT, "config.json"}:
+            raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
+        if names:
+            logger.info("%s holds no checkpoint: starting the run again and replacing %s", out, sorted(names))
     return None
 
 
@@ -495,6 +515,14 @@ def _train_process(args, config, placement):
             )
         trainer.fit(progress=main and not args.no_progress, on_checkpoint=checkpoint)
     except KeyboardInterrupt:
+        if not trainer.between_steps:
+            # A second Ctrl-C stopped a step part way: its state would not resume exactly.
+            if main:
+                kept = f"{checkpoint_path} from an earlier step is kept" if checkpoint_path.exists() else (
+                    "no checkpoint was written yet; train again without --resume"
+                )
+                print(f"interrupted during step {trainer.step + 1}, so nothing was saved; {kept}", file=sys.stderr)
+            return 130
         checkpoint()
         if main:
             print(f"interrupted at step {trainer.step}; saved {checkpoint_path}; continue with --resume", file=sys.stderr)

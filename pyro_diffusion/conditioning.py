@@ -45,6 +45,7 @@ References
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,13 @@ class Observation:
                 f"{tuple(values.shape)}: pass a mask of shape {tuple(values.shape)} or one that broadcasts to it"
             ) from None
 
+        if torch.is_tensor(noise_scale) and noise_scale.numel() == 1:
+            noise_scale = noise_scale.item()
+        if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
+            raise ValueError(
+                f"noise_scale must be one number, the standard deviation shared by every observed coordinate, "
+                f"got {noise_scale!r}"
+            )
         noise_scale = float(noise_scale)
         if not (math.isfinite(noise_scale) and noise_scale >= 0):
             raise ValueError(
@@ -438,7 +446,7 @@ def denoising_start_level(schedule, noise_scale):
     """
     noise_scale = float(noise_scale)
     if not (math.isfinite(noise_scale) and noise_scale > 0):
-        raise ValueError(f"sigma = {noise_scale!r} is invalid: the noise's standard deviation must be > 0")
+        raise ValueError(f"noise_scale = {noise_scale!r} is invalid: the noise's standard deviation must be > 0")
     alphas_bar = schedule.alphas_bar[1:].double()
     ratio = (1 - alphas_bar) / alphas_bar
     t_star = int((ratio.log() - 2 * math.log(noise_scale)).abs().argmin()) + 1

@@ -60,6 +60,11 @@ class TimestepELBO(ELBO):
     def __init__(self, num_particles=1, sampler=None, generator=None):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        if sampler is not None and not all(callable(getattr(sampler, name, None)) for name in ("draw", "update")):
+            raise ValueError(
+                f"sampler must be a time-step proposal such as UniformTimesteps() or ImportanceTimesteps(), "
+                f"got {sampler!r}"
+            )
         super().__init__(num_particles=num_particles)
         self.sampler = sampler if sampler is not None else UniformTimesteps()
         self.generator = generator

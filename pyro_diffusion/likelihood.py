@@ -139,6 +139,7 @@ def heldout_bound(diffusion, x0, batch_size=500, generator=None):
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    diffusion._check_data(x0)
     chunks = [bound_terms(diffusion, batch, generator) for batch in x0.split(batch_size)]
     elbo = nats_to_bits(torch.cat([c.elbo() for c in chunks]))
     dim = diffusion.event_shape.numel()
@@ -250,6 +251,7 @@ def heldout_importance_log_likelihood(diffusion, x0, num_samples, batch_size=100
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    diffusion._check_data(x0)
     estimates = torch.cat(
         [importance_log_likelihood(diffusion, batch, num_samples, generator) for batch in x0.split(batch_size)]
     )

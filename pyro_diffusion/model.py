@@ -195,6 +195,10 @@ class DiffusionModel(PyroModule):
     def _batch_size(self, x0, num_samples):
         if x0 is not None:
             self._check_data(x0)
+            if num_samples is not None and num_samples != x0.shape[0]:
+                raise ValueError(
+                    f"num_samples = {num_samples!r} but x0 has {x0.shape[0]} examples: pass x0 or num_samples, not both"
+                )
             return x0.shape[0]
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(
@@ -375,6 +379,10 @@ class DiffusionModel(PyroModule):
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"generator must be a torch.Generator, got {generator!r}: pass torch.Generator().manual_seed(SEED)"
+            )
         x = draw(self.prior_distribution(int(num_samples)), generator)
         yield self.num_steps, x
         for t in range(self.num_steps, 1, -1):

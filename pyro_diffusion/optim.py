@@ -9,10 +9,14 @@ runs once for all of them. The update of each tensor is the same as under
 ``PyroOptim`` with the same constructor and arguments.
 """
 
+import logging
+
 import torch
 
 import pyro
 from pyro.optim import PyroOptim
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["JointOptim", "joint_adam", "joint_clipped_adam"]
 
@@ -28,6 +32,14 @@ class JointOptim(PyroOptim):
     traces; the others keep their values and optimizer state. The state of
     :meth:`get_state` has ``PyroOptim``'s layout (one optimizer state dict per
     parameter name), so saved states move between the two classes.
+
+    The one parameter group shares its hyperparameters. An update that
+    changes them on every step, such as the learning-rate decay ``lrd`` of
+    Pyro's clipped Adam, therefore matches ``PyroOptim`` (whose groups decay
+    separately, on the steps their tensor takes part in) only when every
+    parameter takes part in every step from the first, as in a diffusion
+    model's training. Loading a state whose tensors have different learning
+    rates keeps the rate of the last one loaded.
 
     :param optim_constructor: a :class:`torch.optim.Optimizer` class.
     :param dict optim_args: its keyword arguments, shared by all parameters.
@@ -73,6 +85,12 @@ class JointOptim(PyroOptim):
         if self.optimizer is None:
             self.optimizer = self.pt_optim_constructor(params, **self.pt_optim_args)
         else:
+            if self.optimizer.param_groups[0].get("lrd", 1.0) != 1.0:
+                logger.warning(
+                    "JointOptim: %d parameter(s) joined after the first step; they start at the decayed learning "
+                    "rate that all parameters share (pyro.optim.PyroOptim would start them at the initial one)",
+                    len(params),
+                )
             self.optimizer.param_groups[0]["params"].extend(params)
         self._known.update(params)
         store = pyro.get_param_store()

@@ -29,15 +29,17 @@ class _DeferredInterrupt:
     """
     Defer Ctrl-C (SIGINT) to the end of the current SVI step, so that an
     interrupted run stops between steps and its saved state resumes exactly.
-    A second Ctrl-C interrupts at once. Only the main thread can install the
-    handler; elsewhere Ctrl-C behaves as usual.
+    A second Ctrl-C after ``repeat_window`` seconds interrupts at once. Only
+    the main thread can install the handler; elsewhere Ctrl-C behaves as usual.
 
     :param float repeat_window: seconds after the first Ctrl-C during which a
-        second one counts as the same. Under ``torchrun`` a Ctrl-C reaches each
-        worker twice, from the terminal and forwarded by the launcher.
+        second one counts as the same. Wrappers such as ``timeout`` pass one
+        Ctrl-C on as several signals microseconds apart, and under
+        ``torchrun`` it reaches each worker twice, from the terminal and
+        forwarded by the launcher.
     """
 
-    def __init__(self, repeat_window=0.0):
+    def __init__(self, repeat_window=0.5):
         self.requested = False
         self.repeat_window = repeat_window
         self._first = None
@@ -50,8 +52,9 @@ class _DeferredInterrupt:
             if time.monotonic() - self._first < self.repeat_window:
                 return
             raise KeyboardInterrupt
-        self.requested = True
+        # The time goes first: a signal that lands between these lines sees both set.
         self._first = time.monotonic()
+        self.requested = True
         logger.info("interrupt received: stopping after the current step")
 
     def restore(self):
@@ -92,6 +95,8 @@ class Trainer:
         self.svi = SVI(diffusion.model, diffusion.guide, self.optimizer, loss)
         self.ema = ExponentialMovingAverage(diffusion, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
+        #: False while a step is part way done, when the state must not be saved.
+        self.between_steps = True
         self.seconds = 0.0
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         torch.manual_seed(config.seed)
@@ -167,13 +172,15 @@ class Trainer:
             total=self.config.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True
         )
         started = time.perf_counter()
-        interrupt = _DeferredInterrupt(repeat_window=2.0 if self.placement.world_size > 1 else 0.0)
+        interrupt = _DeferredInterrupt(repeat_window=2.0 if self.placement.world_size > 1 else 0.5)
         if self.sharded is not None:
             self.sharded.stop_requested = lambda: interrupt.requested
         try:
             while self.step < self.config.steps:
                 if self._stop_requested(interrupt):
                     raise KeyboardInterrupt
+                # From here until the step count moves on, the state is part way through a step.
+                self.between_steps = False
                 index = torch.randint(0, len(train), (batch_size,), generator=self.data_generator)
                 batch = self.prepared.model_scale(train[index], self.data_generator)
                 try:
@@ -188,6 +195,7 @@ class Trainer:
                 bits = -loss / batch_size / dim / math.log(2)
                 running = bits if running is None else 0.98 * running + 0.02 * bits
                 self.step += 1
+                self.between_steps = True
                 bar.update(1)
                 if self.step % 50 == 0:
                     bar.set_postfix_str(f"train bound {running:.3f} bits/dim")

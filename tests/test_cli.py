@@ -197,7 +197,7 @@ def test_resume_names_changed_option(tmp_path, capsys):
     changed = [a if a != "16" else "32" for a in FAST]
 
     assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--resume", *changed) == 2
-    assert "hidden_dim (saved 16, given 32)" in capsys.readouterr().err
+    assert "hidden_dim (saved 16, now 32, from the options or their defaults)" in capsys.readouterr().err
 
 
 def test_resume_rejects_fewer_steps(tmp_path, capsys):
@@ -648,3 +648,48 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
         save_atomic({"step": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_interrupt_inside_a_step_saves_nothing_and_the_folder_restarts(tmp_path, capsys, monkeypatch):
+    from pyro.infer import SVI
+
+    out = tmp_path / "run"
+    original_step = SVI.step
+    calls = []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 5:
+            # A second Ctrl-C lands while the step is part way done.
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SVI, "step", step_then_interrupt)
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 130
+    assert "interrupted during step 5, so nothing was saved" in capsys.readouterr().err
+    assert not (out / "checkpoint.pt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "heldout.pt"]
+
+    monkeypatch.setattr(SVI, "step", original_step)
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, "--resume", *FAST) == 2
+    assert "train without --resume to start it again" in capsys.readouterr().err
+    assert run_cli("train", "--dataset", "swiss-roll", "--out", out, *FAST) == 0
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_repeated_within_the_window_counts_once():
+    import signal
+    import time
+
+    from pyro_diffusion.train import _DeferredInterrupt
+
+    interrupt = _DeferredInterrupt(repeat_window=0.2)
+    try:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        assert interrupt.requested
+        time.sleep(0.25)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        interrupt.restore()

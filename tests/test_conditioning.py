@@ -188,7 +188,7 @@ def test_product_denoising_is_biased_but_close():
         (lambda: Observation(torch.zeros(2, 3), noise_scale=-0.1), "-0.1"),
         (lambda: Observation(torch.full((2, 3), float("nan"))), "NaN"),
         (lambda: smc_sample(_network_model(), Observation(torch.zeros(2, 3)), 0), "num_particles"),
-        (lambda: denoising_start_level(BetaSchedule.from_name("paper", 10), 0.0), "sigma"),
+        (lambda: denoising_start_level(BetaSchedule.from_name("paper", 10), 0.0), "noise_scale = 0.0"),
         (lambda: product_sample(_network_model(), Observation(torch.zeros(2, 4))), "shape"),
     ],
 )

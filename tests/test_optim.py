@@ -108,3 +108,18 @@ def test_bad_arguments_name_the_fix():
         JointOptim(torch.optim.Adam, lambda name: {"lr": 0.1})
     with pytest.raises(ValueError, match="torch.optim.Optimizer class"):
         JointOptim(Adam, {"lr": 0.1})
+
+
+def test_late_parameter_with_decay_is_logged(caplog):
+    def model(step):
+        loc = pyro.param("a", torch.tensor(0.0))
+        if step > 0:
+            loc = loc + pyro.param("late", torch.tensor(0.0))
+        pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.tensor(1.0))
+
+    svi = SVI(model, lambda step: None, joint_clipped_adam({"lr": 0.1, "lrd": 0.9}), Trace_ELBO())
+    with caplog.at_level("WARNING", logger="pyro_diffusion.optim"):
+        svi.step(0)
+        assert not caplog.records
+        svi.step(1)
+    assert "joined after the first step" in caplog.text

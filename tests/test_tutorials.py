@@ -61,6 +61,17 @@ def test_tutorial_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=_ids(TUTORIALS))
+def test_tutorial_markdown_has_no_comment_markers(path):
+    # A lone "#" or "# #" left from a script conversion renders as an empty or doubled heading.
+    notebook = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            assert line.strip() != "#" and not line.startswith("# #"), f"{path.name}: markdown cell {index}: {line!r}"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=_ids(TUTORIALS))
 def test_tutorial_has_smoke_switch(path):
     source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
     assert 'SMOKE = bool(os.environ.get("CI"))' in source

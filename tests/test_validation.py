@@ -205,3 +205,29 @@ def test_refused_input_leaves_parameters_unchanged():
         svi.step(nan_data())
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+#: Arguments of the wrong shape or type, with the message each gets.
+MORE_BAD_INPUTS = {
+    "t of another length than the batch": (lambda: MLP(2, 2, T)(data(5, 2), torch.full((3,), 2)), r"shape \[5\]"),
+    "t with a trailing dimension": (lambda: MLP(2, 2, T)(data(5, 2), torch.full((5, 1), 2)), r"shape \[5, 1\]"),
+    "held-out data as a NumPy array": (lambda: heldout_bound(gaussian_model(), data().numpy()), "torch.Tensor"),
+    "a string as the time-step proposal": (lambda: TimestepELBO(sampler="uniform"), "UniformTimesteps"),
+    "observation noise per coordinate": (
+        lambda: Observation(data(), noise_scale=torch.full((5, 1), 0.3)), "one number"
+    ),
+    "observation noise as a string": (lambda: Observation(data(), noise_scale="0.1"), "one number"),
+    "data and a different sample count": (lambda: gaussian_model().model(data(), num_samples=3), "not both"),
+    "an integer as the generator": (lambda: gaussian_model().sample(2, generator=5), "torch.Generator"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_INPUTS))
+def test_more_bad_input_gets_a_clear_error(case):
+    call, message = MORE_BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_observation_noise_as_a_one_element_tensor_is_accepted():
+    assert Observation(data(), noise_scale=torch.tensor(0.3)).noise_scale == pytest.approx(0.3)

@@ -15,8 +15,9 @@ __all__ = ["check_flat_images", "check_image_shape", "time_steps"]
 
 def time_steps(network, t, num_steps, x):
     """
-    Turn ``t`` into an integer tensor on ``x``'s device and, while Pyro's
-    validation is enabled, check that every step lies in ``1..num_steps``
+    Turn ``t`` into an integer tensor on ``x``'s device, check that it
+    broadcasts to the examples of ``x`` and, while Pyro's validation is
+    enabled, check that every step lies in ``1..num_steps``
     (the range check reads the values back from the device, so it follows
     :func:`pyro.enable_validation`).
 
@@ -25,11 +26,21 @@ def time_steps(network, t, num_steps, x):
     :param int num_steps: ``T``.
     :param torch.Tensor x: the network's input.
     :returns: ``t`` as a tensor.
-    :raises ValueError: naming the dtype or the first step out of range.
+    :raises ValueError: naming the dtype, the shape or the first step out of range.
     """
     t = torch.as_tensor(t, device=x.device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{network} takes integer time steps, got a tensor of dtype {t.dtype}: pass t.long()")
+    batch_shape = x.shape[:-1]
+    try:
+        fits = torch.broadcast_shapes(t.shape, batch_shape) == batch_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{network} takes one time step per example, shape {list(batch_shape)}, or one shared step, "
+            f"shape [1] or []; got t of shape {list(t.shape)} for input of shape {list(x.shape)}"
+        )
     if is_validation_enabled() and t.numel() > 0:
         bad = (t < 1) | (t > num_steps)
         if bad.any():
