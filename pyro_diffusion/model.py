@@ -385,9 +385,17 @@ class DiffusionModel(PyroModule):
             )
         x = draw(self.prior_distribution(int(num_samples)), generator)
         yield self.num_steps, x
+        gaussian = self.reverse.has_gaussian_steps
         for t in range(self.num_steps, 1, -1):
             step = torch.tensor(t, device=x.device)
-            x = draw(self.reverse.distribution(x, step), generator)
+            if gaussian:
+                # The same arithmetic and draws as draw(self.reverse.distribution(x, step)),
+                # without building and checking a distribution object at every step.
+                loc, log_variance = self.reverse.loc_log_variance(x, step)
+                noise = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
+                x = loc + (0.5 * log_variance).exp().expand_as(loc) * noise
+            else:
+                x = draw(self.reverse.distribution(x, step), generator)
             yield t - 1, x
         yield 0, draw(self.decoder_distribution(x), generator)
 
