@@ -324,10 +324,10 @@ def compare_with_hand_written(case, rounds, warmup, block):
 def gap_breakdown(case, rounds, warmup=5):
     """
     Time the parts of the library step beside their hand-written
-    counterparts, alternating, and return the medians in ms: the forward
-    pass of each loss without gradients, the network's two evaluations
-    alone, the registration of the network's parameters as param sites of
-    a trace, and the library step with Pyro's validation off.
+    counterparts, alternating, and return the medians in ms. The parts are
+    the forward pass of each loss without gradients, the network's two
+    evaluations alone, the registration of the network's parameters as
+    param sites of a trace, and the library step with Pyro's validation off.
     """
     diffusion, hand, batch = case.diffusion, case.hand, case.batch
     elbo = TimestepELBO()
@@ -470,7 +470,7 @@ def measure_memory(num_steps, steps):
     return results
 
 
-#: Where the time of a profiled step goes, by the file of each function's own time (first match wins).
+#: The components a profiled step's time is split into, matched on the file of each function (first match wins).
 PROFILE_COMPONENTS = (
     ("autograd engine (backward pass)", lambda path, name: "run_backward" in name),
     ("PyTorch operators (forward pass)", lambda path, name: path == "~" and "torch" in name),
@@ -591,9 +591,9 @@ def breakdown_lines(case, breakdown):
         f"| registering the {b['num_parameters']} parameter tensors as param sites | {b['registration']:.2f} ms |",
         "",
         f"Of the {gap:.2f} ms between the steps, {forward_gap:.2f} ms is the forward pass outside the "
-        f"network: Pyro's traces of the model and guide ({b['registration']:.2f} ms of it registers the "
-        "parameter tensors one param site each, which SVI needs to find them), the distribution objects and "
-        f"the KL dispatch. Turning Pyro's argument validation off (it is on by default) changed the step by "
+        "network: Pyro's traces of the model and guide, the distribution objects and the KL dispatch. "
+        f"Registering the parameter tensors as one param site each, which SVI needs to find them, takes "
+        f"{b['registration']:.2f} ms of it. Turning Pyro's argument validation off (it is on by default) changed the step by "
         f"{-validation:+.2f} ms. The rest is the backward pass through the larger graph and SVI's own "
         "bookkeeping; the profile below splits the whole step by component.",
     ]

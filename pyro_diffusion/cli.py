@@ -214,7 +214,7 @@ def _config_from_args(args):
 
 
 def _first_sentence(error, limit=200):
-    """The first sentence of an error's message on one line, cut at a word boundary past ``limit`` characters."""
+    """Return the first sentence of an error's message on one line, cut at a word boundary past ``limit`` characters."""
     text = " ".join(str(error).split())
     end = text.find(". ")
     text = text if end < 0 else text[: end + 1]
@@ -453,7 +453,7 @@ def _open_run_folder(args, config, out):
         if names - {HELDOUT, "config.json"}:
             raise UsageError(f"{out} already contains files: pass --resume to continue it or choose another --out")
         if names:
-            logger.info("%s holds no checkpoint: starting the run again and replacing %s", out, sorted(names))
+            logger.info("%s contains no checkpoint: starting the run again and replacing %s", out, sorted(names))
     return None
 
 

@@ -1,7 +1,7 @@
 r"""
 Data-parallel training on :mod:`torch.distributed`, launched by ``torchrun``.
 
-Every process holds a full copy of the model. The global batch of ``B``
+Every process keeps a full copy of the model. The global batch of ``B``
 examples is split into ``S = W * A`` equal shards, for ``W`` processes that
 each run ``A`` shards one after another (gradient accumulation). Process
 ``r`` runs shards ``r * A .. r * A + A - 1``.
@@ -68,7 +68,7 @@ class DistributedSetupError(ValueError):
 @dataclass(frozen=True)
 class Placement:
     """
-    Where this process sits in a data-parallel run.
+    The position of this process in a data-parallel run.
 
     :ivar int rank: this process's global rank, ``0 .. world_size - 1``.
     :ivar int world_size: ``W``, the number of processes.
@@ -185,7 +185,7 @@ def process_group(placement, timeout_seconds, device="cpu"):
     """
     backend = backend_for(device)
     # NOTE: the command line trains on CPU, so the NCCL branch and the CUDA
-    # random states of ShardedELBO have not been run; tests cover gloo on CPU.
+    # random states of ShardedELBO have never run. The tests cover gloo on CPU.
     if backend == "nccl":
         torch.cuda.set_device(placement.local_rank)
     address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"

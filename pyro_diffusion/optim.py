@@ -33,12 +33,12 @@ class JointOptim(PyroOptim):
     :meth:`get_state` has ``PyroOptim``'s layout (one optimizer state dict per
     parameter name), so saved states move between the two classes.
 
-    The one parameter group shares its hyperparameters. An update that
-    changes them on every step, such as the learning-rate decay ``lrd`` of
-    Pyro's clipped Adam, therefore matches ``PyroOptim`` (whose groups decay
-    separately, on the steps their tensor takes part in) only when every
-    parameter takes part in every step from the first, as in a diffusion
-    model's training. Loading a state whose tensors have different learning
+    The one parameter group shares its hyperparameters. ``PyroOptim`` keeps
+    a group per tensor, which changes only on the steps its tensor takes part
+    in. So an update that changes the hyperparameters on every step, such as
+    the learning-rate decay ``lrd`` of Pyro's clipped Adam, matches
+    ``PyroOptim`` only when every parameter takes part in every step from the
+    first, as in a diffusion model's training. Loading a state whose tensors have different learning
     rates keeps the rate of the last one loaded.
 
     :param optim_constructor: a :class:`torch.optim.Optimizer` class.

@@ -52,7 +52,7 @@ class _DeferredInterrupt:
             if time.monotonic() - self._first < self.repeat_window:
                 return
             raise KeyboardInterrupt
-        # The time goes first: a signal that lands between these lines sees both set.
+        # The time is set first, so a signal that lands between these lines finds both set.
         self._first = time.monotonic()
         self.requested = True
         logger.info("interrupt received: stopping after the current step")

@@ -68,7 +68,8 @@ def test_tutorial_markdown_has_no_comment_markers(path):
         if cell.cell_type != "markdown":
             continue
         for line in cell.source.splitlines():
-            assert line.strip() != "#" and not line.startswith("# #"), f"{path.name}: markdown cell {index}: {line!r}"
+            assert line.strip() != "#", f"{path.name}: markdown cell {index} has an empty heading"
+            assert not line.startswith("# #"), f"{path.name}: markdown cell {index}: {line!r}"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=_ids(TUTORIALS))

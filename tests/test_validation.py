@@ -44,7 +44,7 @@ def svi_step(x):
 
 
 def observation_on_meta():
-    # The meta device stands in for an accelerator on a machine without one.
+    # The meta device plays the part of an accelerator on a machine without one.
     observation = Observation(data())
     observation.values = observation.values.to("meta")
     return observation

@@ -15,11 +15,10 @@ __all__ = ["check_flat_images", "check_image_shape", "time_steps"]
 
 def time_steps(network, t, num_steps, x):
     """
-    Turn ``t`` into an integer tensor on ``x``'s device, check that it
-    broadcasts to the examples of ``x`` and, while Pyro's validation is
-    enabled, check that every step lies in ``1..num_steps``
-    (the range check reads the values back from the device, so it follows
-    :func:`pyro.enable_validation`).
+    Turn ``t`` into an integer tensor on ``x``'s device and check that it
+    broadcasts to the examples of ``x``. While Pyro's validation is enabled,
+    also check that every step lies in ``1..num_steps``. That check reads
+    the values back from the device, so it follows :func:`pyro.enable_validation`.
 
     :param str network: the network's name, used in the messages.
     :param t: an int or an integer tensor of time steps.
