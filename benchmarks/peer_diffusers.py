@@ -315,10 +315,11 @@ def main():
         f"{machine_description(load_at_start)}. diffusers {diffusers.__version__}, installed only for this "
         "benchmark.",
         "",
-        f"Same network (`MLP`, width {args.width}, 3 residual blocks, called directly with no UNet2DModel "
-        f"wrapper), batch {BATCH_SIZE} of the digits' 64 standardized pixels, T = {TIMESTEPS}, the library's "
-        f"{SCHEDULE} schedule passed to `DDPMScheduler` as `trained_betas` with `variance_type=\"fixed_small\"` "
-        "and `clip_sample=False` (diffusers clips the predicted x_0 to [-1, 1] by default, the library does not). "
+        f"Both sides use the same network (`MLP`, width {args.width}, 3 residual blocks, called directly with no "
+        f"UNet2DModel wrapper) and batch {BATCH_SIZE} of the digits' 64 standardized pixels, with T = {TIMESTEPS}. "
+        f"The library's {SCHEDULE} schedule goes to `DDPMScheduler` as `trained_betas`, with "
+        "`variance_type=\"fixed_small\"` and `clip_sample=False`. By default diffusers clips the predicted x_0 "
+        "to [-1, 1], and the library does not clip it. "
         f"Adam with learning rate {LEARNING_RATE} on both sides: the library's `joint_adam` for SVI, one "
         f"`torch.optim.Adam` over all {num_tensors} parameter tensors (stock `pyro.optim.Adam` would keep one per "
         "tensor), and one `torch.optim.Adam` over all parameters for the two plain steps. The steps of a table alternate after one warm-up block (or run) each, and "

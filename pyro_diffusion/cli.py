@@ -255,7 +255,7 @@ def _load_run(run_dir):
         ema = checkpoint["trainer"].get("ema")
         diffusion.load_state_dict(ema["shadow"] if ema else checkpoint["trainer"]["model"])
     except Exception as error:
-        reason = " ".join(str(error).split())[:200]
+        reason = _first_sentence(error)
         raise UsageError(
             f"{run_dir} is not a complete run folder ({type(error).__name__}: {reason}); "
             "train again with 'pyro-diffusion train'"
@@ -424,7 +424,7 @@ def _train(args):
         try:
             return _train_process(args, config, placement)
         except torch.distributed.DistError as error:
-            reason = " ".join(str(error).split())[:300]
+            reason = _first_sentence(error, limit=300)
             raise UsageError(
                 f"rank {placement.rank}: a collective call failed because a peer process stopped or timed out "
                 f"after --distributed-timeout {args.distributed_timeout:g} s ({type(error).__name__}: {reason}); "
@@ -476,8 +476,8 @@ def _train_process(args, config, placement):
     trainer = Trainer(diffusion, prepared, config, placement)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
+    batch_size = min(config.batch_size, len(prepared.train))
     if placement.num_shards > 1:
-        batch_size = min(config.batch_size, len(prepared.train))
         if batch_size % placement.num_shards != 0:
             raise UsageError(
                 f"the training split has {len(prepared.train)} examples, so each step's batch is {batch_size}, "
@@ -511,17 +511,18 @@ def _train_process(args, config, placement):
                 "data parallel: %d process(es) times %d accumulated shard(s), %d examples per shard",
                 placement.world_size,
                 placement.accumulate,
-                min(config.batch_size, len(prepared.train)) // placement.num_shards,
+                batch_size // placement.num_shards,
             )
         trainer.fit(progress=main and not args.no_progress, on_checkpoint=checkpoint)
     except KeyboardInterrupt:
         if not trainer.between_steps:
             # A second Ctrl-C stopped a step part way: its state would not resume exactly.
             if main:
-                kept = f"{checkpoint_path} from an earlier step is kept" if checkpoint_path.exists() else (
-                    "no checkpoint was written yet; train again without --resume"
-                )
-                print(f"interrupted during step {trainer.step + 1}, so nothing was saved; {kept}", file=sys.stderr)
+                if checkpoint_path.exists():
+                    previous = f"{checkpoint_path} from an earlier step is kept"
+                else:
+                    previous = "no checkpoint was written yet, so train again without --resume"
+                print(f"interrupted during step {trainer.step + 1}, so nothing was saved: {previous}", file=sys.stderr)
             return 130
         checkpoint()
         if main:

@@ -639,7 +639,7 @@ def _model_parameters(checkpoint):
     return build_model(config, 2, None, None).named_parameters()
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+def test_atomic_save_failure_keeps_file(tmp_path):
     from pyro_diffusion.experiment import save_atomic
 
     path = tmp_path / "checkpoint.pt"
@@ -650,7 +650,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-def test_interrupt_inside_a_step_saves_nothing_and_the_folder_restarts(tmp_path, capsys, monkeypatch):
+def test_interrupt_mid_step_saves_nothing(tmp_path, capsys, monkeypatch):
     from pyro.infer import SVI
 
     out = tmp_path / "run"

@@ -95,7 +95,7 @@ def test_state_moves_between_joint_and_pyro_optim(first, second):
     assert any(not torch.equal(a, b) for a, b in zip(reference, unrestored))
 
 
-def test_get_state_before_any_step_returns_the_loaded_state():
+def test_get_state_before_first_step():
     _, _, optimizer = _fit(lambda: joint_adam(ADAM_ARGS), steps=2)
     state = optimizer.get_state()
     fresh = joint_adam(ADAM_ARGS)

@@ -229,5 +229,5 @@ def test_more_bad_input_gets_a_clear_error(case):
         call()
 
 
-def test_observation_noise_as_a_one_element_tensor_is_accepted():
+def test_observation_noise_scalar_tensor():
     assert Observation(data(), noise_scale=torch.tensor(0.3)).noise_scale == pytest.approx(0.3)

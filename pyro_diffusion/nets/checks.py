@@ -76,10 +76,9 @@ def check_image_shape(image_shape, network):
     return tuple(int(size) for size in sizes)
 
 
-def check_flat_images(network, image_shape, x, t):
+def check_flat_images(network, image_shape, x):
     """
-    Check that ``x`` is ``[N, C * H * W]`` and that ``t`` has one step per
-    example (``[N]``) or one shared step (``[1]`` or ``[]``).
+    Check that ``x`` is ``[N, C * H * W]``. :func:`time_steps` checks ``t``.
 
     :param str network: the network's name, used in the messages.
     :param tuple image_shape: ``(C, H, W)``.
@@ -95,10 +94,4 @@ def check_flat_images(network, image_shape, x, t):
             f"{network} was built for images of shape {image_shape}, "
             f"{data_dim} values per example, but got input of shape {tuple(x.shape)}: "
             f"the input must have shape [N, {data_dim}], so {hint}"
-        )
-    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, x.shape[0])):
-        raise ValueError(
-            f"invalid t for {network}: expected one time step per example, shape "
-            f"[{x.shape[0]}], or one shared step, shape [1] or [], but got shape "
-            f"{tuple(t.shape)}"
         )

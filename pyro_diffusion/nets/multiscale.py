@@ -221,7 +221,7 @@ class MultiScaleConvNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
-        check_flat_images("MultiScaleConvNet", self.image_shape, x, torch.as_tensor(t))
+        check_flat_images("MultiScaleConvNet", self.image_shape, x)
         t = time_steps("MultiScaleConvNet", t, self.num_steps, x)
         num_examples = x.shape[0]
         num_colors, height, width = self.image_shape

@@ -327,7 +327,7 @@ class UNet(nn.Module):
         :raises ValueError: if ``x`` does not have shape ``[N, C * H * W]``
             or ``t`` does not have one step per example.
         """
-        check_flat_images("UNet", self.image_shape, x, torch.as_tensor(t))
+        check_flat_images("UNet", self.image_shape, x)
         t = time_steps("UNet", t, self.num_steps, x)
         num_examples = x.shape[0]
         time_features = self.time_embedding(t.expand(num_examples))
